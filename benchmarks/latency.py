@@ -1,0 +1,166 @@
+"""Round-trip latency of ``1+1``, measured in one run along three paths.
+
+(a) floor:   jupyter_client straight to a local ipykernel (``execute_interactive``)
+(b) gateway: jlabgw's gateway client (REST + one WebSocket) on the local Kernel Gateway
+(c) mcp:     ``execute_code`` over MCP stdio, jlabgw started as a subprocess and driven by the
+             ``mcp`` SDK client in the initialize-handshake mode Claude Desktop/Code use
+
+The three paths are set up together and timed round-robin (one call each per round), so a
+change in the machine's load affects all of them alike. Prints median and p90 per path and the
+ratio of each median to the floor's.
+Usage: python benchmarks/latency.py [--n 300] [--warmup 30] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+CODE = "1+1"
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "median_ms": statistics.median(ordered) * 1000,
+        "p90_ms": ordered[int(0.9 * (len(ordered) - 1))] * 1000,
+        "n": len(ordered),
+    }
+
+
+class Floor:
+    """(a) jupyter_client's blocking client on a local ipykernel."""
+
+    def __enter__(self) -> Floor:
+        from jupyter_client.manager import start_new_kernel
+
+        self.km, self.kc = start_new_kernel(kernel_name="python3")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+    async def once(self) -> None:
+        reply = self.kc.execute_interactive(CODE, output_hook=lambda msg: None, timeout=30)
+        assert reply["content"]["status"] == "ok", reply
+
+
+@contextlib.asynccontextmanager
+async def gateway_path(workdir: Path) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """(b) jlabgw's gateway client on a local Kernel Gateway."""
+    from jlabgw.backends import LocalBackend
+    from jlabgw.config import load_settings
+    from jlabgw.gateway import GatewayClient
+    from jlabgw.kernel import KernelConnection
+
+    settings = load_settings(environ={"JLABGW_STATE_DIR": str(workdir / "state-gw")})
+    backend = LocalBackend(settings)
+    try:
+        endpoint = await backend.start()
+        gateway = GatewayClient(endpoint)
+        kernel = await gateway.start_kernel("python3")
+        conn = KernelConnection(endpoint, kernel["id"])
+        await conn.kernel_info()
+
+        async def once() -> None:
+            reply = await conn.execute(CODE)
+            assert reply["content"]["status"] == "ok", reply
+
+        yield once
+        await conn.close()
+        await gateway.delete_kernel(kernel["id"])
+        await gateway.aclose()
+    finally:
+        await backend.aclose()
+
+
+@contextlib.asynccontextmanager
+async def mcp_path(workdir: Path) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """(c) execute_code over MCP stdio, initialize handshake (as Claude Desktop/Code)."""
+    from mcp import Client, StdioServerParameters
+
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", ""),
+        "JLABGW_STATE_DIR": str(workdir / "state-mcp"),
+        "JLABGW_NOTEBOOK_DIR": str(workdir / "notebooks"),
+        "JLABGW_LOG_LEVEL": "WARNING",
+    }
+    params = StdioServerParameters(command=sys.executable, args=["-m", "jlabgw"], env=env)
+    async with Client(params, mode="legacy") as client:
+        started = await client.call_tool("start_new_session", {"experiment_name": "latency"})
+        assert not started.is_error, started
+        session_id = started.structured_content["session_id"]
+
+        async def once() -> None:
+            result = await client.call_tool(
+                "execute_code", {"session_id": session_id, "code": CODE}
+            )
+            assert not result.is_error, result
+            assert result.content[0].text.strip() == "2", result
+
+        yield once
+
+
+async def measure(n: int, warmup: int, workdir: Path) -> dict[str, list[float]]:
+    """All paths set up at once and timed round-robin, so they share the machine's state."""
+    samples: dict[str, list[float]] = {name: [] for name in PATHS}
+    with Floor() as floor:
+        async with gateway_path(workdir) as gateway, mcp_path(workdir) as mcp:
+            paths = dict(zip(PATHS, (floor.once, gateway, mcp), strict=True))
+            for i in range(warmup + n):
+                for name, once in paths.items():
+                    t0 = time.perf_counter()
+                    await once()
+                    elapsed = time.perf_counter() - t0
+                    if i >= warmup:
+                        samples[name].append(elapsed)
+    return samples
+
+
+PATHS = (
+    "floor (jupyter_client -> ipykernel)",
+    "gateway client (jlabgw, local KG)",
+    "execute_code over MCP stdio",
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300, help="timed round trips per path")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed round trips first")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="jlabgw-bench-") as tmp:
+        samples = asyncio.run(measure(args.n, args.warmup, Path(tmp)))
+    results = {name: summarize(values) for name, values in samples.items()}
+    floor = next(iter(results.values()))["median_ms"]
+    for row in results.values():
+        row["ratio_to_floor"] = row["median_ms"] / floor
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    print(f"1+1 round trip, n={args.n} per path (after {args.warmup} warm-up), this machine:")
+    print("| path | median ms | p90 ms | median / floor |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, row in results.items():
+        print(
+            f"| {name} | {row['median_ms']:.2f} | {row['p90_ms']:.2f} | "
+            f"{row['ratio_to_floor']:.2f}x |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Command line: ``jlabgw [serve|run|status|stop]``. Logs and progress go to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import __version__
+from .config import ENV_PREFIX, Settings, load_settings
+from .errors import JlabgwError
+from .log import configure_logging
+from .render import outputs_to_text
+from .state import pid_alive, read_server_states
+
+__all__ = ["main"]
+
+_STOP_WAIT = 15.0
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    group = common.add_argument_group("settings (override JLABGW_* and the config file)")
+    group.add_argument("--config", metavar="FILE", help="TOML config file (JLABGW_CONFIG)")
+    group.add_argument("--backend", choices=["local"], help="where the gateway runs")
+    group.add_argument("--notebook-dir", metavar="DIR", help="notebook directory")
+    group.add_argument("--state-dir", metavar="DIR", help="private state directory")
+    group.add_argument("--kernel-name", metavar="NAME", help="kernel spec for new sessions")
+    group.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="jlabgw",
+        description=(
+            "MCP server for notebook-recorded Jupyter sessions through Kernel Gateway. "
+            "Without a command, serves MCP over stdio."
+        ),
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"jlabgw {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser(
+        "serve",
+        parents=[common],
+        help="serve MCP over stdio (the default)",
+        description="Serve MCP over stdio for Claude Desktop, Claude Code or any client.",
+    )
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run code in a new session and print its outputs",
+        description="Run a file or a code string through the same path as the MCP server "
+        "(gateway, kernel, notebook) and print the outputs.",
+    )
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", nargs="?", help="Python file to run ('-' for stdin)")
+    source.add_argument("-c", dest="code", metavar="CODE", help="code to run")
+    run.add_argument(
+        "--notebook",
+        metavar="PATH",
+        help="notebook to record into, relative to the notebook dir (appended to if it "
+        "exists); default: a new notebook named after the file",
+    )
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show running jlabgw servers",
+        description="Show running jlabgw servers, gateways and sessions.",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    stop = sub.add_parser(
+        "stop",
+        parents=[common],
+        help="stop running jlabgw servers",
+        description="Stop running jlabgw servers (SIGTERM) and orphaned "
+        "gateways; their kernels stop, notebooks are kept.",
+    )
+    stop.add_argument("--pid", type=int, help="stop only this server")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    config = getattr(args, "config", None)
+    if config:
+        os.environ[ENV_PREFIX + "CONFIG"] = config
+    flags = {
+        key: getattr(args, key, None)
+        for key in ("backend", "notebook_dir", "state_dir", "kernel_name", "log_level")
+    }
+    return load_settings(flags)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except JlabgwError as exc:
+        print(f"jlabgw: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    command = args.command or "serve"
+    try:
+        if command == "serve":
+            return _serve(settings)
+        if command == "run":
+            code, name = _run_source(args)
+            return asyncio.run(_run(settings, code, name, args.notebook))
+        if command == "status":
+            return _status(settings, as_json=args.json)
+        if command == "stop":
+            return _stop(settings, args.pid)
+    except JlabgwError as exc:
+        print(f"jlabgw: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(command)
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+def _sigterm_as_sigint(signum: int, frame: FrameType | None) -> None:
+    # The event loop turns SIGINT into cancellation of the main task, so the lifespan's
+    # cleanup (kernels, gateway, notebook flush) runs; do the same for SIGTERM.
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _serve(settings: Settings) -> int:
+    from .server import build_server  # fastmcp import is slow; only the server needs it
+    from .stdio import serve_stdio
+
+    signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+    mcp = build_server(settings)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_stdio(mcp))
+    return 0
+
+
+# -- run -----------------------------------------------------------------------------------------
+
+
+class _Spinner:
+    """Progress on stderr: an updating line on a terminal, plain lines otherwise."""
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.message = ""
+        self.t0 = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    async def update(self, done: float, total: float | None, message: str) -> None:
+        if message != self.message and not self.tty:
+            print(f"jlabgw: {message}", file=sys.stderr)
+        self.message = message
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[_Spinner]:
+        if self.tty:
+            self._task = asyncio.create_task(self._spin())
+        try:
+            yield self
+        finally:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+                print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+
+    async def _spin(self) -> None:
+        for i in range(10**9):
+            elapsed = time.monotonic() - self.t0
+            frame = self.FRAMES[i % len(self.FRAMES)]
+            line = f"\r\x1b[K{frame} {self.message} ({elapsed:.1f} s)"
+            print(line, end="", file=sys.stderr, flush=True)
+            await asyncio.sleep(0.1)
+
+
+def _run_source(args: argparse.Namespace) -> tuple[str, str]:
+    """The code to run and the experiment name for it."""
+    if args.code is not None:
+        return args.code, "run"
+    if args.file == "-":
+        return sys.stdin.read(), "stdin"
+    path = Path(args.file)
+    try:
+        return path.read_text(), path.stem
+    except OSError as exc:
+        raise JlabgwError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+async def _run(settings: Settings, code: str, name: str, notebook: str | None) -> int:
+    from .backends import create_backend
+    from .sessions import SessionManager
+
+    backend = create_backend(settings)
+    manager = SessionManager(settings, backend)
+    spinner = _Spinner()
+    try:
+        async with spinner.running():
+            info = await manager.start_new(name, spinner.update, notebook_path=notebook)
+            await spinner.update(0, None, "running")
+            result = await manager.execute(info["session_id"], code, spinner.update)
+        text = outputs_to_text(result.outputs)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        for warning in result.warnings:
+            print(f"jlabgw: warning: {warning}", file=sys.stderr)
+        print(
+            f"jlabgw: recorded in {result.notebook_path} (cell {result.cell_index})",
+            file=sys.stderr,
+        )
+        return 1 if result.is_error else 0
+    finally:
+        try:
+            await manager.aclose()
+        finally:
+            await backend.aclose()
+
+
+# -- status / stop -------------------------------------------------------------------------------
+
+
+def _status(settings: Settings, as_json: bool) -> int:
+    states = read_server_states(settings.state_dir)
+    if as_json:
+        print(json.dumps(states, indent=1))
+        return 0
+    if not states:
+        print(f"no jlabgw server running (state dir {settings.state_dir})")
+        return 0
+    for state in states:
+        _print_state(state)
+    return 0
+
+
+def _print_state(state: dict[str, Any]) -> None:
+    gw = state.get("gateway") or {}
+    if state.get("stale"):
+        print(
+            f"server pid {state['pid']}: gone, but its gateway pid "
+            f"{state['orphan_gateway_pid']} is still running (`jlabgw stop` ends it)"
+        )
+        return
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.get("started_at", 0)))
+    print(f"server pid {state['pid']} (since {started}), backend {state.get('backend')}")
+    print(f"  gateway: {gw.get('state')} {gw.get('url') or ''} pid {gw.get('pid')}")
+    print(f"  notebooks: {state.get('notebook_dir')}")
+    sessions = state.get("sessions") or []
+    print(f"  sessions: {len(sessions)}")
+    for s in sessions:
+        print(
+            f"    {s['session_id']}  {s['state']:<5}  {s['cells']:>4} cells  {s['notebook_path']}"
+        )
+
+
+def _stop(settings: Settings, only_pid: int | None) -> int:
+    states = read_server_states(settings.state_dir)
+    if only_pid is not None:
+        states = [s for s in states if s.get("pid") == only_pid]
+        if not states:
+            raise JlabgwError(f"no jlabgw server with pid {only_pid} (see `jlabgw status`)")
+    if not states:
+        print("no jlabgw server running")
+        return 0
+    failed = 0
+    for state in states:
+        pid = state["orphan_gateway_pid"] if state.get("stale") else state["pid"]
+        what = "orphaned gateway" if state.get("stale") else "server"
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_WAIT
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(pid):
+            print(f"{what} pid {pid} did not stop within {_STOP_WAIT:.0f} s", file=sys.stderr)
+            failed += 1
+        else:
+            print(f"stopped {what} pid {pid}")
+            if state.get("stale"):
+                Path(state["state_file"]).unlink(missing_ok=True)
+    return 1 if failed else 0

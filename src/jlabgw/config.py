@@ -1,0 +1,138 @@
+"""Settings: one object, resolved from CLI flags > ``JLABGW_*`` env > TOML file > defaults.
+
+The TOML file is ``$JLABGW_CONFIG`` if set, else ``~/.config/jlabgw/config.toml``; its keys are
+the setting names in lower case (``notebook_dir = "~/nb"``). Every value is validated by one
+pydantic model; a bad value fails with one line naming the key, where it came from and what was
+expected.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings", "default_config_path", "load_settings"]
+
+ENV_PREFIX = "JLABGW_"
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "jlabgw"
+
+
+class Settings(BaseModel):
+    """Effective configuration of one jlabgw process."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    backend: Literal["local"] = Field(
+        "local", description="Where the gateway runs. 'local': a subprocess on this machine."
+    )
+    notebook_dir: Path = Field(
+        Path("notebooks"), description="Directory holding the notebooks; paths are confined to it."
+    )
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        description="Private directory for gateway config, logs and server state (mode 0700).",
+    )
+    kernel_name: str = Field("python3", min_length=1, description="Kernel spec for new sessions.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of messages written to stderr."
+    )
+    gateway_start_timeout: float = Field(
+        60.0, gt=0, description="Seconds to wait for the gateway to answer after it is started."
+    )
+    progress_interval: float = Field(
+        5.0, gt=0, description="Seconds between progress notifications while a cell runs."
+    )
+
+    @field_validator("notebook_dir", "state_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+def default_config_path(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    explicit = env.get(ENV_PREFIX + "CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path.home() / ".config" / "jlabgw" / "config.toml"
+
+
+def _read_toml(path: Path, required: bool) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} (from JLABGW_CONFIG) does not exist") from None
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    return data
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve settings from ``flags`` (CLI), ``environ`` (default ``os.environ``) and the file.
+
+    ``flags`` holds only the options the user actually gave (``None`` values are ignored).
+    """
+    env = os.environ if environ is None else environ
+    fields = Settings.model_fields
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+
+    path = default_config_path(env)
+    file_values = _read_toml(path, required=bool(env.get(ENV_PREFIX + "CONFIG")))
+    unknown = sorted(set(file_values) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown key(s) {', '.join(unknown)}; "
+            f"valid keys: {', '.join(fields)}"
+        )
+    for key, value in file_values.items():
+        values[key], origin[key] = value, f"config file {path}"
+    for key in fields:
+        env_key = ENV_PREFIX + key.upper()
+        if env_key in env:
+            values[key], origin[key] = env[env_key], "environment"
+    for key, value in (flags or {}).items():
+        if value is not None:
+            values[key], origin[key] = value, "command line"
+
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        where = origin.get(key, "default")
+        given = values.get(key, "<missing>")
+        expected = _expected(key, err["msg"])
+        raise ConfigError(
+            f"invalid setting {ENV_PREFIX}{key.upper()}={given!r} (from {where}): {expected}"
+        ) from exc
+
+
+def _expected(key: str, msg: str) -> str:
+    field = Settings.model_fields.get(key)
+    description = f" ({field.description})" if field is not None and field.description else ""
+    return f"{msg}{description}"

@@ -1,0 +1,250 @@
+"""One persistent WebSocket to one kernel, speaking the Jupyter messaging protocol.
+
+Messages are built by :class:`jupyter_client.session.Session` and sent as JSON with a
+``channel`` key (the gateway's default WebSocket protocol). A single reader task routes every
+incoming message by ``parent_header.msg_id`` to the request that caused it; a request is
+complete when its shell reply *and* its ``status: idle`` on IOPub have both arrived
+(jupyter_client's rule), so no trailing output is ever lost.
+
+The WebSocket URL carries a fixed ``session_id``: if the socket drops, a reconnect with the same
+id gets the output the gateway buffered meanwhile. A request that was in flight when the socket
+dropped is failed, never re-sent: code is never executed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets
+from jupyter_client.jsonutil import json_default
+from jupyter_client.session import Session
+from websockets.asyncio.client import ClientConnection
+
+from .backends.base import GatewayEndpoint
+from .errors import ConnectionLostError, GatewayAuthError, GatewayError, KernelDiedError
+
+__all__ = ["KernelConnection", "Message", "OnMessage"]
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+OnMessage = Callable[[Message], None]
+
+_OPEN_TIMEOUT = 30.0
+
+
+@dataclass
+class _Pending:
+    on_iopub: OnMessage | None
+    done: asyncio.Future[Message]
+    reply: Message | None = None
+    idle: bool = False
+    wait_idle: bool = True
+    extra: list[Message] = field(default_factory=list)
+
+    def maybe_finish(self) -> None:
+        if self.reply is not None and (self.idle or not self.wait_idle) and not self.done.done():
+            self.done.set_result(self.reply)
+
+
+class KernelConnection:
+    """Request/reply over a kernel's channels WebSocket, with IOPub routed per request."""
+
+    def __init__(
+        self, endpoint: GatewayEndpoint, kernel_id: str, session_id: str | None = None
+    ) -> None:
+        self.endpoint = endpoint
+        self.kernel_id = kernel_id
+        self.session_id = session_id or uuid.uuid4().hex
+        self._session = Session(session=self.session_id, username="jlabgw")
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._connect_lock = asyncio.Lock()
+        self._closed = False
+        self.on_status: Callable[[str], None] | None = None
+
+    @property
+    def url(self) -> str:
+        return (
+            f"{self.endpoint.ws_url}/api/kernels/{self.kernel_id}/channels"
+            f"?session_id={self.session_id}"
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and self._reader is not None and not self._reader.done()
+
+    async def connect(self) -> None:
+        async with self._connect_lock:
+            if self.connected:
+                return
+            if self._closed:
+                raise ConnectionLostError("this kernel connection was closed")
+            try:
+                ws = await websockets.connect(
+                    self.url,
+                    additional_headers={"Authorization": f"token {self.endpoint.token}"},
+                    max_size=None,  # outputs of many MB are normal
+                    compression=None,  # loopback/tunnel: deflate costs more than it saves
+                    open_timeout=_OPEN_TIMEOUT,
+                    ping_interval=20,
+                    ping_timeout=60,
+                )
+            except websockets.InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in (401, 403):
+                    raise GatewayAuthError(
+                        f"the gateway refused our token for kernel {self.kernel_id}"
+                    ) from exc
+                if status == 404:
+                    raise GatewayError(f"kernel {self.kernel_id} does not exist") from exc
+                raise GatewayError(
+                    f"WebSocket to kernel {self.kernel_id} refused: HTTP {status}"
+                ) from exc
+            except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+                raise ConnectionLostError(
+                    f"cannot open a WebSocket to kernel {self.kernel_id} at "
+                    f"{self.endpoint.url}: {type(exc).__name__}"
+                ) from exc
+            sock = ws.transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._ws = ws
+            self._reader = asyncio.create_task(self._read_loop(ws), name=f"ws-{self.kernel_id}")
+
+    async def close(self) -> None:
+        self._closed = True
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self._fail_all(ConnectionLostError("the kernel connection was closed"))
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        *,
+        on_iopub: OnMessage | None = None,
+        wait_idle: bool = True,
+        channel: str = "shell",
+    ) -> Message:
+        """Send one request and wait for its reply (and its IOPub idle when ``wait_idle``)."""
+        await self.connect()
+        assert self._ws is not None
+        msg = self._session.msg(msg_type, content)
+        msg_id: str = msg["header"]["msg_id"]
+        msg["channel"] = channel
+        pending = _Pending(
+            on_iopub=on_iopub,
+            done=asyncio.get_running_loop().create_future(),
+            wait_idle=wait_idle,
+        )
+        self._pending[msg_id] = pending
+        try:
+            try:
+                await self._ws.send(json.dumps(msg, default=json_default))
+            except websockets.ConnectionClosed as exc:
+                raise ConnectionLostError(
+                    f"the WebSocket to kernel {self.kernel_id} closed before the request was "
+                    "sent; nothing was executed"
+                ) from exc
+            return await pending.done
+        finally:
+            self._pending.pop(msg_id, None)
+
+    async def execute(self, code: str, on_iopub: OnMessage | None = None) -> Message:
+        """Run ``code``; IOPub messages go to ``on_iopub``; returns the ``execute_reply``."""
+        return await self.request(
+            "execute_request",
+            {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                # input() fails at once with StdinNotImplementedError instead of hanging
+                "allow_stdin": False,
+                "stop_on_error": True,
+            },
+            on_iopub=on_iopub,
+        )
+
+    async def kernel_info(self) -> Message:
+        """The kernel's ``kernel_info_reply`` (it answers once the kernel is ready)."""
+        return await self.request("kernel_info_request", {}, wait_idle=False)
+
+    # -- reader ----------------------------------------------------------------------------------
+
+    async def _read_loop(self, ws: ClientConnection) -> None:
+        error: Exception = ConnectionLostError(
+            f"the WebSocket to kernel {self.kernel_id} closed while a request was running; "
+            "its output may be incomplete (it was not re-run)"
+        )
+        try:
+            async for raw in ws:
+                if isinstance(raw, bytes):
+                    log.debug("ignoring binary frame (%d bytes) from kernel", len(raw))
+                    continue
+                self._dispatch(json.loads(raw))
+        except websockets.ConnectionClosed:
+            pass
+        except Exception as exc:  # a bug in dispatch must not leave requests hanging forever
+            log.exception("kernel %s reader failed", self.kernel_id)
+            error = ConnectionLostError(f"reading from kernel {self.kernel_id} failed: {exc}")
+        finally:
+            if self._ws is ws:
+                self._ws = None
+            self._fail_all(error)
+
+    def _dispatch(self, msg: Message) -> None:
+        channel = msg.get("channel")
+        msg_type = msg.get("msg_type") or msg.get("header", {}).get("msg_type")
+        parent_id = (msg.get("parent_header") or {}).get("msg_id")
+        pending = self._pending.get(parent_id) if parent_id else None
+
+        if channel == "iopub" and msg_type == "status":
+            state = msg.get("content", {}).get("execution_state")
+            if pending is not None and state == "idle":
+                pending.idle = True
+                pending.maybe_finish()
+            elif state in ("restarting", "dead") and pending is None:
+                if self.on_status is not None:
+                    self.on_status(state)
+                what = "died and is restarting" if state == "restarting" else "died"
+                self._fail_all(
+                    KernelDiedError(
+                        f"the kernel {what} while running this cell; its variables are gone. "
+                        "Use restart_kernel or start_session_resume_notebook to rebuild the state"
+                    )
+                )
+            return
+        if pending is None:
+            return
+        if channel == "iopub":
+            if pending.on_iopub is not None:
+                pending.on_iopub(msg)
+        elif channel == "shell" or channel == "control":
+            pending.reply = msg
+            pending.maybe_finish()
+        elif channel == "stdin":
+            # allow_stdin=False means this should not happen; never leave the kernel waiting.
+            log.warning("kernel asked for input although stdin is disabled; ignoring")
+
+    def _fail_all(self, error: Exception) -> None:
+        for pending in list(self._pending.values()):
+            if not pending.done.done():
+                pending.done.set_exception(error)

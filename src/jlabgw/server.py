@@ -1,0 +1,260 @@
+"""MCP tool declarations. The work lives in :mod:`jlabgw.sessions`; this module only adapts.
+
+Tool names and parameters match jlab-mcp, so its users switch without editing prompts.
+Errors from :mod:`jlabgw.errors` become MCP error results carrying their message; anything
+unexpected is masked (no traceback reaches the client) and logged to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+from fastmcp import Context, FastMCP
+from fastmcp.exceptions import ToolError
+from fastmcp.tools.base import ToolResult
+from mcp.types import TextContent
+from pydantic import Field
+
+from .backends import create_backend
+from .config import Settings
+from .errors import JlabgwError
+from .render import outputs_to_content
+from .sessions import ExecutionResult, Progress, SessionManager
+from .state import ServerStateFile
+
+__all__ = ["build_server"]
+
+log = logging.getLogger(__name__)
+
+INSTRUCTIONS = """\
+jlabgw runs Python (or another Jupyter kernel) in persistent sessions and records every
+executed cell, with its outputs, in a .ipynb notebook. Start with start_new_session, then call
+execute_code repeatedly: variables persist between calls in the same session. Use add_markdown to
+document steps, edit_cell to fix and re-run a cell. To continue earlier work, use
+start_session_resume_notebook (re-runs the notebook to rebuild its state) or
+start_session_continue_notebook (copies it, fresh kernel, nothing re-run). Do not shut sessions
+down unless the user asks: their state is valuable.
+"""
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+SessionId = Annotated[str, Field(description="Session id returned by start_new_session.")]
+ExperimentName = Annotated[
+    str,
+    Field(description="Short name for the experiment; it becomes the notebook's file name."),
+]
+NotebookPath = Annotated[
+    str,
+    Field(description="Notebook path, relative to the notebook directory (or absolute inside it)."),
+]
+
+
+def _sessions(ctx: Context) -> SessionManager:
+    manager: SessionManager = ctx.lifespan_context["sessions"]
+    return manager
+
+
+def _progress(ctx: Context) -> Progress:
+    async def report(done: float, total: float | None, message: str) -> None:
+        await ctx.report_progress(done, total, message)
+
+    return report
+
+
+def _user_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn :class:`JlabgwError` into a ToolError with the same, user-facing message."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except JlabgwError as exc:
+            raise ToolError(str(exc)) from exc
+
+    return wrapper
+
+
+def _execution_result(result: ExecutionResult) -> ToolResult:
+    content = outputs_to_content(result.outputs)
+    content += [TextContent(type="text", text=f"warning: {w}") for w in result.warnings]
+    return ToolResult(
+        content=content,
+        is_error=result.is_error,
+        meta={
+            "cell_index": result.cell_index,
+            "execution_count": result.execution_count,
+            "status": result.status,
+            "notebook_path": str(result.notebook_path),
+        },
+    )
+
+
+# -- tools -------------------------------------------------------------------------------------
+
+
+async def start_new_session(experiment_name: ExperimentName, ctx: Context) -> dict[str, Any]:
+    """Start a new kernel and a new notebook for it.
+
+    Returns session_id (pass it to every other tool), notebook_path, kernel_id and backend.
+    """
+    return await _sessions(ctx).start_new(experiment_name, _progress(ctx))
+
+
+async def start_session_resume_notebook(
+    experiment_name: ExperimentName, notebook_path: NotebookPath, ctx: Context
+) -> dict[str, Any]:
+    """Reopen an existing notebook with a new kernel and re-run its code cells in order.
+
+    Rebuilds the kernel state after a restart or a lost job. New outputs replace the old ones
+    in the same file. Returns the session plus failed_cells (index, ename, evalue) if any.
+    """
+    return await _sessions(ctx).resume(experiment_name, notebook_path, _progress(ctx))
+
+
+async def start_session_continue_notebook(
+    experiment_name: ExperimentName, notebook_path: NotebookPath, ctx: Context
+) -> dict[str, Any]:
+    """Copy a notebook to <name>_continued.ipynb and attach a fresh kernel; nothing is re-run.
+
+    The original file is left untouched. Variables from the old notebook are NOT defined.
+    """
+    return await _sessions(ctx).continue_(experiment_name, notebook_path, _progress(ctx))
+
+
+async def execute_code(
+    session_id: SessionId,
+    code: Annotated[str, Field(description="Code to run in the session's kernel.")],
+    ctx: Context,
+) -> ToolResult:
+    """Append a code cell to the session's notebook, run it, and return its outputs.
+
+    Returns text (stdout/stderr, results) and images. If the code raises, the result is an
+    error carrying the exception name, message and traceback; the cell stays in the notebook.
+    """
+    result = await _sessions(ctx).execute(session_id, code, _progress(ctx))
+    return _execution_result(result)
+
+
+async def edit_cell(
+    session_id: SessionId,
+    cell_index: Annotated[
+        int, Field(description="Cell to replace; negative counts from the end (-1 = last).")
+    ],
+    code: Annotated[str, Field(description="New source for the cell.")],
+    ctx: Context,
+) -> ToolResult:
+    """Replace a cell's source. A code cell is re-run and its outputs replaced.
+
+    A markdown cell only gets the new text.
+    """
+    result = await _sessions(ctx).edit_cell(session_id, cell_index, code, _progress(ctx))
+    if isinstance(result, str):
+        return ToolResult(content=[TextContent(type="text", text=result)])
+    return _execution_result(result)
+
+
+async def add_markdown(
+    session_id: SessionId,
+    markdown: Annotated[str, Field(description="Markdown text for the new cell.")],
+    ctx: Context,
+) -> dict[str, Any]:
+    """Append a markdown cell (notes, headings, explanations) to the session's notebook."""
+    return await _sessions(ctx).add_markdown(session_id, markdown)
+
+
+async def shutdown_session(session_id: SessionId, ctx: Context) -> str:
+    """Stop the session's kernel (its variables are lost); the notebook stays on disk.
+
+    Only when the user asks for it: a running session keeps valuable state.
+    """
+    return await _sessions(ctx).shutdown(session_id)
+
+
+async def list_sessions(ctx: Context) -> list[dict[str, Any]]:
+    """Running sessions with their notebook path, kernel, cell count and state."""
+    return _sessions(ctx).list()
+
+
+async def interrupt_kernel(session_id: SessionId, ctx: Context) -> str:
+    """Interrupt the code running in the session (like Ctrl-C); variables are kept."""
+    return await _sessions(ctx).interrupt(session_id)
+
+
+async def restart_kernel(session_id: SessionId, ctx: Context) -> str:
+    """Restart the session's kernel: all variables are lost, the notebook is kept.
+
+    Use start_session_resume_notebook instead to rebuild the state from the notebook.
+    """
+    return await _sessions(ctx).restart(session_id)
+
+
+TOOLS = (
+    start_new_session,
+    start_session_resume_notebook,
+    start_session_continue_notebook,
+    execute_code,
+    edit_cell,
+    add_markdown,
+    shutdown_session,
+    list_sessions,
+    interrupt_kernel,
+    restart_kernel,
+)
+
+
+# -- server ------------------------------------------------------------------------------------
+
+
+def build_server(settings: Settings) -> FastMCP[dict[str, Any]]:
+    """A FastMCP server whose lifespan owns the backend, sessions and state file."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
+        backend = create_backend(settings)
+        state = ServerStateFile(settings.state_dir)
+        sessions = SessionManager(settings, backend, on_change=lambda: state.update(sessions))
+        state.update(sessions)
+        # Start the gateway now so the first tool call does not wait for it; a failure is
+        # reported (again) by that first call.
+        warmup = asyncio.create_task(_warm_up(sessions))
+        try:
+            yield {"sessions": sessions}
+        finally:
+            warmup.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await warmup
+            try:
+                await sessions.aclose()
+            finally:
+                await backend.aclose()
+                state.remove()
+
+    mcp: FastMCP[dict[str, Any]] = FastMCP(
+        "jlabgw",
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        mask_error_details=True,
+    )
+    for tool in TOOLS:
+        mcp.tool(_user_errors(tool))
+
+    @mcp.resource("jlabgw://server/status", mime_type="application/json")
+    async def server_status(ctx: Context) -> str:
+        """Backend, gateway state and the running sessions (no secrets)."""
+        return json.dumps(_sessions(ctx).status(), indent=1)
+
+    return mcp
+
+
+async def _warm_up(sessions: SessionManager) -> None:
+    try:
+        await sessions.gateway()
+    except JlabgwError as exc:
+        log.error("gateway start failed: %s", exc)

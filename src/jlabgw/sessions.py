@@ -1,0 +1,456 @@
+"""Sessions: a kernel on the gateway plus the notebook that records it.
+
+:class:`SessionManager` is the application layer shared by the MCP server and the CLI. It holds
+server-wide state (sessions outlive any one MCP connection), serialises calls per session,
+and lets different sessions run in parallel.
+
+An execution runs as its own task: if the caller goes away (an MCP client cancels a long
+call), the cell keeps running and its outputs keep flowing into the notebook. Nothing is ever
+re-sent to a kernel, so a cell never runs twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbformat import NotebookNode
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+from .backends.base import Backend
+from .config import Settings
+from .errors import (
+    JlabgwError,
+    KernelNotFoundError,
+    SessionBusyError,
+    UnknownSessionError,
+)
+from .gateway import GatewayClient
+from .kernel import KernelConnection
+from .notebook import NotebookDoc, NotebookWriter
+from .outputs import DisplayIndex, OutputRecorder
+from .paths import experiment_filename, resolve_notebook_path
+from .render import has_error
+
+__all__ = ["ExecutionResult", "Progress", "Session", "SessionManager"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, float | None, str], Awaitable[None]]
+"""``await progress(done, total, message)``: report progress of a long operation."""
+
+_KERNEL_READY_TIMEOUT = 120.0
+
+
+@dataclass
+class ExecutionResult:
+    """What one execution produced. ``outputs`` is the cell's final output list."""
+
+    session_id: str
+    cell_index: int
+    execution_count: int | None
+    status: str  # "ok" | "error" | "aborted"
+    outputs: list[NotebookNode]
+    notebook_path: Path
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def is_error(self) -> bool:
+        return self.status != "ok" or has_error(self.outputs)
+
+
+@dataclass
+class Session:
+    id: str
+    experiment_name: str
+    kernel_id: str
+    kernel_name: str
+    conn: KernelConnection
+    doc: NotebookDoc
+    created_at: float = field(default_factory=time.time)
+    displays: DisplayIndex = field(default_factory=DisplayIndex)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    executions: int = 0
+    kernel_state: str = "idle"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "session_id": self.id,
+            "experiment_name": self.experiment_name,
+            "kernel_id": self.kernel_id,
+            "kernel_name": self.kernel_name,
+            "notebook_path": str(self.doc.path),
+            "cells": len(self.doc.nb.cells),
+            "executions": self.executions,
+            "state": "busy" if self.lock.locked() else self.kernel_state,
+            "created_at": self.created_at,
+        }
+
+
+async def _no_progress(done: float, total: float | None, message: str) -> None:
+    return None
+
+
+class SessionManager:
+    """Creates, runs and tears down sessions on one backend's gateway."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Backend,
+        writer: NotebookWriter | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.writer = writer or NotebookWriter()
+        self._owns_writer = writer is None
+        self._sessions: dict[str, Session] = {}
+        self._gateway: GatewayClient | None = None
+        self._gateway_lock = asyncio.Lock()
+        self._kernelspecs: dict[str, Any] | None = None
+        self._on_change = on_change or (lambda: None)
+
+    # -- gateway -----------------------------------------------------------------------------
+
+    async def gateway(self) -> GatewayClient:
+        """The REST client for the backend's gateway, starting the gateway if needed."""
+        async with self._gateway_lock:
+            endpoint = await self.backend.start()
+            if self._gateway is None or self._gateway.endpoint != endpoint:
+                if self._gateway is not None:
+                    await self._gateway.aclose()
+                self._gateway = GatewayClient(endpoint)
+                self._kernelspecs = None
+                self._on_change()
+            return self._gateway
+
+    async def kernelspecs(self) -> dict[str, Any]:
+        gw = await self.gateway()
+        if self._kernelspecs is None:
+            self._kernelspecs = await gw.kernelspecs()
+        return self._kernelspecs
+
+    # -- lookup ------------------------------------------------------------------------------
+
+    def get(self, session_id: str) -> Session:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            known = ", ".join(sorted(self._sessions)) or "none"
+            raise UnknownSessionError(
+                f"unknown session_id {session_id!r} (running sessions: {known}). Start one with "
+                "start_new_session, or reopen a notebook with start_session_resume_notebook"
+            ) from None
+
+    def list(self) -> list[dict[str, Any]]:
+        return [s.describe() for s in self._sessions.values()]
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **self.backend.describe(),
+            "notebook_dir": str(self.settings.notebook_dir),
+            "sessions": self.list(),
+        }
+
+    def _holder_of(self, path: Path) -> Session | None:
+        return next((s for s in self._sessions.values() if s.doc.path == path), None)
+
+    # -- session creation ----------------------------------------------------------------------
+
+    async def _start_kernel(self, progress: Progress) -> tuple[KernelConnection, dict[str, Any]]:
+        await progress(0, None, "starting the gateway")
+        gw = await self.gateway()
+        name = self.settings.kernel_name
+        specs = await self.kernelspecs()
+        if name not in specs.get("kernelspecs", {}):
+            available = ", ".join(sorted(specs.get("kernelspecs", {}))) or "none"
+            raise JlabgwError(
+                f"kernel {name!r} is not installed on the gateway (available: {available}); "
+                "set JLABGW_KERNEL_NAME"
+            )
+        await progress(0, None, f"starting a {name} kernel")
+        model = await gw.start_kernel(name)
+        conn = KernelConnection(gw.endpoint, model["id"])
+        try:
+            async with asyncio.timeout(_KERNEL_READY_TIMEOUT):
+                reply = await conn.kernel_info()
+        except TimeoutError as exc:
+            await conn.close()
+            with contextlib.suppress(JlabgwError):
+                await gw.delete_kernel(model["id"])
+            raise JlabgwError(
+                f"the {name} kernel did not answer within {_KERNEL_READY_TIMEOUT:.0f} s of "
+                "starting; see the gateway log (jlabgw status) for its error"
+            ) from exc
+        except BaseException:
+            await conn.close()
+            with contextlib.suppress(JlabgwError):
+                await gw.delete_kernel(model["id"])
+            raise
+        spec = specs["kernelspecs"][name]["spec"]
+        metadata = {
+            "kernelspec": {
+                "name": name,
+                "display_name": spec.get("display_name", name),
+                "language": spec.get("language", ""),
+            },
+            "language_info": reply["content"].get("language_info", {}),
+        }
+        return conn, metadata
+
+    def _register(self, experiment_name: str, conn: KernelConnection, doc: NotebookDoc) -> Session:
+        session = Session(
+            id=uuid.uuid4().hex[:12],
+            experiment_name=experiment_name,
+            kernel_id=conn.kernel_id,
+            kernel_name=self.settings.kernel_name,
+            conn=conn,
+            doc=doc,
+        )
+        self._sessions[session.id] = session
+        log.info("session %s: kernel %s, notebook %s", session.id, conn.kernel_id, doc.path)
+        self._on_change()
+        return session
+
+    def _info(self, session: Session, **extra: Any) -> dict[str, Any]:
+        return {
+            "session_id": session.id,
+            "notebook_path": str(session.doc.path),
+            "kernel_id": session.kernel_id,
+            "kernel_name": session.kernel_name,
+            "backend": self.backend.name,
+            **extra,
+        }
+
+    async def _discard_kernel(self, conn: KernelConnection) -> None:
+        await conn.close()
+        with contextlib.suppress(JlabgwError):
+            await (await self.gateway()).delete_kernel(conn.kernel_id)
+
+    async def start_new(
+        self,
+        experiment_name: str,
+        progress: Progress = _no_progress,
+        notebook_path: str | None = None,
+    ) -> dict[str, Any]:
+        """New kernel and a new notebook named after the experiment.
+
+        With ``notebook_path`` (CLI ``run --notebook``): append to that notebook if it exists
+        (nothing in it is re-run), else create it.
+        """
+        path = None
+        if notebook_path is not None:
+            path = resolve_notebook_path(
+                self.settings.notebook_dir, notebook_path, must_exist=False
+            )
+            self._refuse_if_held(path)
+        conn, metadata = await self._start_kernel(progress)
+        try:
+            if path is not None and path.exists():
+                doc = NotebookDoc.open(path, self.writer)
+                with doc.editing() as nb:
+                    nb.metadata.update(metadata)
+            else:
+                doc = NotebookDoc.create(
+                    path.parent if path else self.settings.notebook_dir,
+                    path.stem if path else experiment_filename(experiment_name),
+                    self.writer,
+                    metadata=metadata,
+                )
+        except BaseException:
+            await self._discard_kernel(conn)
+            raise
+        return self._info(self._register(experiment_name, conn, doc))
+
+    async def resume(
+        self, experiment_name: str, notebook_path: str, progress: Progress = _no_progress
+    ) -> dict[str, Any]:
+        """New kernel on an existing notebook; re-run its code cells in order, in place."""
+        path = resolve_notebook_path(self.settings.notebook_dir, notebook_path, must_exist=True)
+        self._refuse_if_held(path)
+        doc = NotebookDoc.open(path, self.writer)
+        conn, metadata = await self._start_kernel(progress)
+        with doc.editing() as nb:
+            nb.metadata.update(metadata)
+        session = self._register(experiment_name, conn, doc)
+        code_cells = [
+            i for i, c in enumerate(doc.nb.cells) if c.cell_type == "code" and c.source.strip()
+        ]
+        failed: list[dict[str, Any]] = []
+        for n, index in enumerate(code_cells, 1):
+            await progress(n - 1, len(code_cells), f"re-running cell {index}")
+            result = await self._run_cell(session, index, None, progress)
+            if result.is_error:
+                err = next((o for o in result.outputs if o.get("output_type") == "error"), None)
+                failed.append(
+                    {
+                        "cell_index": index,
+                        "ename": err.get("ename") if err else result.status,
+                        "evalue": err.get("evalue") if err else "",
+                    }
+                )
+        await progress(len(code_cells), len(code_cells), "notebook re-run finished")
+        return self._info(session, executed_cells=len(code_cells), failed_cells=failed)
+
+    async def continue_(
+        self, experiment_name: str, notebook_path: str, progress: Progress = _no_progress
+    ) -> dict[str, Any]:
+        """Fork a notebook to a new file with a fresh kernel; nothing is re-run."""
+        path = resolve_notebook_path(self.settings.notebook_dir, notebook_path, must_exist=True)
+        holder = self._holder_of(path)
+        source = holder.doc if holder else NotebookDoc.open(path, self.writer)
+        _, nb = source.snapshot()
+        conn, metadata = await self._start_kernel(progress)
+        try:
+            nb.metadata.update(metadata)
+            doc = NotebookDoc.create(
+                path.parent,
+                f"{path.stem}_continued",
+                self.writer,
+                cells=nb.cells,
+                metadata=dict(nb.metadata),
+            )
+        except BaseException:
+            await self._discard_kernel(conn)
+            raise
+        session = self._register(experiment_name, conn, doc)
+        return self._info(session, original_notebook=str(path), cells=len(doc.nb.cells))
+
+    def _refuse_if_held(self, path: Path) -> None:
+        holder = self._holder_of(path)
+        if holder is not None:
+            raise SessionBusyError(
+                f"{path.name} is already open in session {holder.id}; keep using that session, "
+                "or shutdown_session it first (start_session_continue_notebook forks a copy)"
+            )
+
+    # -- execution -----------------------------------------------------------------------------
+
+    async def execute(
+        self, session_id: str, code: str, progress: Progress = _no_progress
+    ) -> ExecutionResult:
+        session = self.get(session_id)
+        return await self._run_cell(session, None, code, progress)
+
+    async def edit_cell(
+        self, session_id: str, cell_index: int, code: str, progress: Progress = _no_progress
+    ) -> ExecutionResult | str:
+        """Replace a cell's source. Code cells are re-executed; markdown cells just change."""
+        session = self.get(session_id)
+        index = session.doc.cell_index(cell_index)
+        if session.doc.nb.cells[index].cell_type != "code":
+            with session.doc.editing() as nb:
+                nb.cells[index].source = code
+            return f"cell {index} ({nb.cells[index].cell_type}) updated; not executed"
+        return await self._run_cell(session, index, code, progress)
+
+    async def _run_cell(
+        self, session: Session, index: int | None, code: str | None, progress: Progress
+    ) -> ExecutionResult:
+        """Run ``code`` in a new cell (index None) or in cell ``index`` (new source if given)."""
+        started = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._execution(session, index, code, started))
+        # The execution is its own task: a cancelled caller leaves the cell running and
+        # recording into the notebook, and the session lock held until it finishes.
+        t0 = time.monotonic()
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=self.settings.progress_interval)
+            if done:
+                return task.result()
+            recorder: OutputRecorder | None = started.result() if started.done() else None
+            line = recorder.last_line[-200:] if recorder else ""
+            elapsed = time.monotonic() - t0
+            message = f"running for {elapsed:.0f} s" + (f": {line}" if line else "")
+            await progress(elapsed, None, message)
+
+    async def _execution(
+        self,
+        session: Session,
+        index: int | None,
+        code: str | None,
+        started: asyncio.Future[OutputRecorder],
+    ) -> ExecutionResult:
+        async with session.lock:
+            doc = session.doc
+            if index is None:
+                cell = new_code_cell(code or "")
+                index = doc.append_cell(cell)
+            else:
+                with doc.editing() as nb:
+                    cell = nb.cells[index]
+                    if code is not None:
+                        cell.source = code
+                    cell.outputs = []
+                    cell.execution_count = None
+            recorder = OutputRecorder(doc, cell, session.displays)
+            started.set_result(recorder)
+            session.executions += 1
+            reply = await session.conn.execute(cell.source, recorder)
+            content = reply.get("content", {})
+            with doc.editing():
+                cell.execution_count = content.get("execution_count")
+            warnings = [doc.write_error] if doc.write_error else []
+            return ExecutionResult(
+                session_id=session.id,
+                cell_index=index,
+                execution_count=cell.execution_count,
+                status=str(content.get("status", "ok")),
+                outputs=list(cell.outputs),
+                notebook_path=doc.path,
+                warnings=warnings,
+            )
+
+    async def add_markdown(self, session_id: str, markdown: str) -> dict[str, Any]:
+        session = self.get(session_id)
+        index = session.doc.append_cell(new_markdown_cell(markdown))
+        return {"cell_index": index, "notebook_path": str(session.doc.path)}
+
+    # -- kernel control ------------------------------------------------------------------------
+
+    async def interrupt(self, session_id: str) -> str:
+        session = self.get(session_id)
+        await (await self.gateway()).interrupt_kernel(session.kernel_id)
+        return f"interrupt sent to the kernel of session {session_id}"
+
+    async def restart(self, session_id: str) -> str:
+        session = self.get(session_id)
+        await (await self.gateway()).restart_kernel(session.kernel_id)
+        session.displays = DisplayIndex()
+        session.kernel_state = "idle"
+        return (
+            f"kernel of session {session_id} restarted: all variables are gone, the notebook "
+            f"{session.doc.path.name} is unchanged"
+        )
+
+    async def shutdown(self, session_id: str) -> str:
+        session = self.get(session_id)
+        del self._sessions[session_id]
+        self._on_change()
+        await session.conn.close()
+        with contextlib.suppress(KernelNotFoundError):
+            await (await self.gateway()).delete_kernel(session.kernel_id)
+        await asyncio.to_thread(session.doc.flush)
+        return f"session {session_id} shut down; notebook saved at {session.doc.path}"
+
+    async def aclose(self) -> None:
+        """Stop all kernels, the gateway client and the writer (the backend is the caller's)."""
+        for session_id in list(self._sessions):
+            try:
+                await self.shutdown(session_id)
+            except JlabgwError as exc:
+                log.warning("shutting down session %s: %s", session_id, exc)
+        if self._gateway is not None:
+            await self._gateway.aclose()
+            self._gateway = None
+        if self._owns_writer:
+            await asyncio.to_thread(self.writer.close)
+        else:
+            await asyncio.to_thread(self.writer.flush)
