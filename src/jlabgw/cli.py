@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from . import __version__
@@ -132,17 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- serve ---------------------------------------------------------------------------------------
 
 
-def _sigterm_as_sigint(signum: int, frame: FrameType | None) -> None:
-    # The event loop turns SIGINT into cancellation of the main task, so the lifespan's
-    # cleanup (kernels, gateway, notebook flush) runs; do the same for SIGTERM.
-    os.kill(os.getpid(), signal.SIGINT)
-
-
 def _serve(settings: Settings) -> int:
     from .server import build_server  # fastmcp import is slow; only the server needs it
     from .stdio import serve_stdio
 
-    signal.signal(signal.SIGTERM, _sigterm_as_sigint)
     mcp = build_server(settings)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_stdio(mcp))

@@ -13,6 +13,7 @@ Tree::
     │   └── GatewayStartError       the gateway process failed to come up
     ├── GatewayError                the gateway answered with an error
     │   ├── GatewayAuthError        401/403: token rejected
+    │   ├── GatewayServerError      5xx: the gateway failed (possibly transient)
     │   └── KernelNotFoundError     the kernel is gone from the gateway
     ├── KernelError                 trouble on the kernel side of a session
     │   ├── KernelDiedError         the kernel process died or restarted
@@ -34,6 +35,7 @@ __all__ = [
     "ConnectionLostError",
     "GatewayAuthError",
     "GatewayError",
+    "GatewayServerError",
     "GatewayStartError",
     "JlabgwError",
     "KernelDiedError",
@@ -69,6 +71,10 @@ class GatewayError(JlabgwError):
 
 class GatewayAuthError(GatewayError):
     """The gateway rejected our token."""
+
+
+class GatewayServerError(GatewayError):
+    """The gateway answered 5xx; some of these (a kernel mid-restart) pass quickly."""
 
 
 class KernelNotFoundError(GatewayError):

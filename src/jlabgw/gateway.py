@@ -6,14 +6,18 @@ write to its log). httpx errors are translated into :mod:`jlabgw.errors` here.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 
 from .backends.base import GatewayEndpoint
-from .errors import GatewayAuthError, GatewayError, KernelNotFoundError
+from .errors import GatewayAuthError, GatewayError, GatewayServerError, KernelNotFoundError
 
 __all__ = ["GatewayClient"]
+
+_DELETE_ATTEMPTS = 10
+_DELETE_RETRY_DELAY = 0.2
 
 
 class GatewayClient:
@@ -56,7 +60,8 @@ class GatewayClient:
             )
         if resp.status_code >= 400:
             reason = _error_reason(resp)
-            raise GatewayError(f"{method} {path} failed: HTTP {resp.status_code} {reason}")
+            error = GatewayServerError if resp.status_code >= 500 else GatewayError
+            raise error(f"{method} {path} failed: HTTP {resp.status_code} {reason}")
         if resp.status_code == 204 or not resp.content:
             return None
         return resp.json()
@@ -89,7 +94,17 @@ class GatewayClient:
         return data
 
     async def delete_kernel(self, kernel_id: str) -> None:
-        await self._request("DELETE", f"/api/kernels/{kernel_id}", kernel_id=kernel_id)
+        # A kernel that is being auto-restarted (it just died) cannot be deleted yet: the
+        # gateway answers 500 (InvalidStateError in jupyter_client's shutdown_kernel) until
+        # the restart settles, well within a second. Retry a bounded number of times.
+        for attempt in range(_DELETE_ATTEMPTS):
+            try:
+                await self._request("DELETE", f"/api/kernels/{kernel_id}", kernel_id=kernel_id)
+                return
+            except GatewayServerError:
+                if attempt == _DELETE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(_DELETE_RETRY_DELAY)
 
 
 def _error_reason(resp: httpx.Response) -> str:

@@ -272,6 +272,9 @@ class NotebookWriter:
                 "fine, and the notebook will be written again on the next change"
             )
             log.error("%s", doc.write_error)
+        except Exception as exc:  # the writer thread must survive anything
+            doc.write_error = f"not writing {doc.path}: {type(exc).__name__}: {exc}"
+            log.exception("notebook writer: unexpected error for %s", doc.path)
         else:
             doc.written_version = version
             doc.write_error = None

@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, ParamSpec, TypeVar
 
+import anyio
 from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ToolError
 from fastmcp.tools.base import ToolResult
@@ -41,6 +42,8 @@ start_session_resume_notebook (re-runs the notebook to rebuild its state) or
 start_session_continue_notebook (copies it, fresh kernel, nothing re-run). Do not shut sessions
 down unless the user asks: their state is valuable.
 """
+
+_SHUTDOWN_TIMEOUT = 30.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -227,14 +230,18 @@ def build_server(settings: Settings) -> FastMCP[dict[str, Any]]:
         try:
             yield {"sessions": sessions}
         finally:
-            warmup.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await warmup
-            try:
-                await sessions.aclose()
-            finally:
-                await backend.aclose()
-                state.remove()
+            # Shielded: on SIGTERM/SIGINT we get here inside a cancelled scope, and every
+            # await below would be cancelled at once; bounded so a hung kernel cannot block exit.
+            with anyio.move_on_after(_SHUTDOWN_TIMEOUT, shield=True):
+                warmup.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await warmup
+                try:
+                    await sessions.aclose()
+                finally:
+                    await backend.aclose()
+            backend.close_now()  # no-op unless the bounded shutdown above was cut short
+            state.remove()
 
     mcp: FastMCP[dict[str, Any]] = FastMCP(
         "jlabgw",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -155,6 +156,7 @@ class SessionManager:
 
     def status(self) -> dict[str, Any]:
         return {
+            "server_pid": os.getpid(),
             **self.backend.describe(),
             "notebook_dir": str(self.settings.notebook_dir),
             "sessions": self.list(),

@@ -19,8 +19,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 from typing import Any
 
+import anyio
 from fastmcp import FastMCP
 
 __all__ = ["serve_stdio"]
@@ -86,7 +88,27 @@ async def _open_pipes() -> tuple[_LineReader, _Writer, list[tuple[int, int]]]:
 
 
 async def serve_stdio(mcp: FastMCP[Any]) -> None:
-    """Serve ``mcp`` over stdin/stdout until stdin closes or the task is cancelled."""
+    """Serve ``mcp`` over stdin/stdout until stdin closes, SIGTERM or SIGINT.
+
+    A signal cancels an anyio scope around the server (the SDK runs on anyio task groups,
+    which do not reliably pass on a bare asyncio task cancellation); the server's lifespan
+    then cleans up: kernels, gateway, notebook flush.
+    """
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_cancel_on_signal, tg.cancel_scope)
+        await _serve(mcp)
+        tg.cancel_scope.cancel()
+
+
+async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s; shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+async def _serve(mcp: FastMCP[Any]) -> None:
     from fastmcp.server.context import reset_transport, set_transport
     from mcp.server.stdio import stdio_server
 

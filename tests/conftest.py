@@ -1,0 +1,65 @@
+"""Shared fixtures. Integration tests use a real Kernel Gateway and real ipykernels."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jlabgw.backends import LocalBackend
+from jlabgw.config import Settings, load_settings
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def make_settings(root: Path, **extra: str) -> Settings:
+    """Settings under ``root``; an empty config file so the user's own config never leaks in."""
+    root.mkdir(parents=True, exist_ok=True)
+    empty = root / "empty-config.toml"
+    empty.touch()
+    env = {
+        "JLABGW_NOTEBOOK_DIR": str(root / "notebooks"),
+        "JLABGW_STATE_DIR": str(root / "state"),
+        "JLABGW_CONFIG": str(empty),
+        **{f"JLABGW_{k.upper()}": v for k, v in extra.items()},
+    }
+    return load_settings(environ=env)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def shared_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
+    """One real gateway for the tests that do not stop or kill it (each starts its own kernels)."""
+    backend = LocalBackend(make_settings(tmp_path_factory.mktemp("shared-gateway")))
+    asyncio.run(backend.start())
+    yield backend
+    backend.close_now()
+
+
+def server_env(root: Path, **extra: str) -> dict[str, str]:
+    """Environment for a jlabgw server subprocess: a clean one, as MCP clients give."""
+    empty = root / "empty-config.toml"
+    empty.touch()
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", str(root)),
+        "JLABGW_CONFIG": str(empty),
+        "JLABGW_NOTEBOOK_DIR": str(root / "notebooks"),
+        "JLABGW_STATE_DIR": str(root / "state"),
+        "JLABGW_LOG_LEVEL": "INFO",
+        **extra,
+    }
+
+
+PYTHON = sys.executable

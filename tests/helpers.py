@@ -1,0 +1,44 @@
+"""Small helpers for integration tests: process lookup via /proc, bounded waiting."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def cmdlines() -> dict[int, str]:
+    """pid → command line of every process we can see."""
+    out: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if raw:
+            out[int(entry.name)] = raw.replace(b"\0", b" ").decode(errors="replace")
+    return out
+
+
+def pids_matching(text: str) -> list[int]:
+    return [pid for pid, cmd in cmdlines().items() if text in cmd]
+
+
+def process_environ(pid: int) -> str:
+    return Path(f"/proc/{pid}/environ").read_bytes().replace(b"\0", b"\n").decode(errors="replace")
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.05
+) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds passed (bounded in count and time)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / interval) + 1):
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    return predicate()

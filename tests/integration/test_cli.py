@@ -1,0 +1,119 @@
+"""The jlabgw command line, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tests.conftest import PYTHON, server_env
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def jlabgw(
+    root: Path, *args: str, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "jlabgw", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+        env=server_env(root, **env),
+    )
+
+
+def test_run_code_prints_outputs_and_records_a_notebook(tmp_path: Path) -> None:
+    done = jlabgw(tmp_path, "run", "-c", "print('hello')\n6 * 7")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "hello\n42\n"
+    assert "recorded in" in done.stderr
+    nb = nbformat.read(tmp_path / "notebooks" / "run.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert nb.cells[0].source == "print('hello')\n6 * 7"
+    assert nb.cells[0].execution_count == 1
+
+
+def test_run_file_error_exit_code_and_notebook_append(tmp_path: Path) -> None:
+    script = tmp_path / "analysis.py"
+    script.write_text("import math\nprint(math.sqrt(16))\n")
+    done = jlabgw(tmp_path, "run", str(script), "--notebook", "log.ipynb")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "4.0\n"
+    failed = jlabgw(tmp_path, "run", "-c", "1/0", "--notebook", "log.ipynb")
+    assert failed.returncode == 1
+    assert "ZeroDivisionError" in failed.stdout
+    nb = nbformat.read(tmp_path / "notebooks" / "log.ipynb", as_version=4)
+    assert [c.source for c in nb.cells] == [script.read_text(), "1/0"]
+    stdin_run = jlabgw(tmp_path, "run", "-", stdin="print('from stdin')")
+    assert stdin_run.stdout == "from stdin\n"
+
+
+def test_config_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> None:
+    done = jlabgw(tmp_path, "status", JLABGW_PROGRESS_INTERVAL="-3")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "JLABGW_PROGRESS_INTERVAL='-3' (from environment)" in lines[0]
+    bad_file = tmp_path / "bad.toml"
+    bad_file.write_text("backend = 'slurmish'\n")
+    done = jlabgw(tmp_path, "--config", str(bad_file), "status")
+    assert done.returncode == 2
+    assert "JLABGW_BACKEND='slurmish' (from config file" in done.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["run"], ["status"], ["stop"]])
+def test_help_everywhere(tmp_path: Path, command: list[str]) -> None:
+    done = jlabgw(tmp_path, *command, "--help")
+    assert done.returncode == 0
+    assert "usage: jlabgw" in done.stdout
+
+
+def test_status_and_stop_a_running_server(tmp_path: Path) -> None:
+    assert "no jlabgw server running" in jlabgw(tmp_path, "status").stdout
+    env = server_env(tmp_path)
+    with (
+        (tmp_path / "server.log").open("w") as log,
+        subprocess.Popen(
+            [PYTHON, "-m", "jlabgw", "serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            cwd=tmp_path,
+        ) as server,
+    ):
+        try:
+            _check_status_then_stop(tmp_path, server)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+
+
+def _check_status_then_stop(tmp_path: Path, server: subprocess.Popen[bytes]) -> None:
+    def gateway_up() -> bool:
+        states = json.loads(jlabgw(tmp_path, "status", "--json").stdout)
+        return bool(states) and states[0]["gateway"]["state"] == "running"
+
+    assert wait_until(gateway_up, timeout=30, interval=0.3)
+    [state] = json.loads(jlabgw(tmp_path, "status", "--json").stdout)
+    assert state["pid"] == server.pid
+    assert "token" not in json.dumps(state).lower()
+    human = jlabgw(tmp_path, "status").stdout
+    assert f"server pid {server.pid}" in human
+    assert "gateway: running http://127.0.0.1:" in human
+
+    stopped = jlabgw(tmp_path, "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"stopped server pid {server.pid}" in stopped.stdout
+    assert server.wait(timeout=30) == 0
+    gateway_pid = state["gateway"]["pid"]
+    assert not Path(f"/proc/{gateway_pid}").exists()
+    assert "no jlabgw server running" in jlabgw(tmp_path, "status").stdout

@@ -1,0 +1,135 @@
+"""The local backend against a real Kernel Gateway process."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+from pathlib import Path
+
+import httpx
+import pytest
+
+from jlabgw.backends import LocalBackend
+from jlabgw.backends import local as local_module
+from jlabgw.config import Settings
+from jlabgw.errors import GatewayStartError
+from jlabgw.gateway import GatewayClient
+from jlabgw.kernel import KernelConnection
+from tests.conftest import make_settings
+from tests.helpers import cmdlines, pids_matching, process_environ, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+
+def _secret_config(settings: Settings) -> Path:
+    files = list((settings.state_dir / "run").glob("gw-*/kernel_gateway_config.json"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+async def test_gateway_is_private_and_cleaned_up(settings: Settings) -> None:
+    backend = LocalBackend(settings)
+    endpoint = await backend.start()
+    try:
+        assert endpoint.url.startswith("http://127.0.0.1:")
+        port = int(endpoint.url.rsplit(":", 1)[1])
+        assert endpoint.token not in repr(endpoint)
+
+        # the token is in a 0600 file in a 0700 directory, and on no command line
+        config = _secret_config(settings)
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        assert stat.S_IMODE(config.parent.stat().st_mode) == 0o700
+        assert json.loads(config.read_text())["KernelGatewayApp"]["auth_token"] == endpoint.token
+        assert not [cmd for cmd in cmdlines().values() if endpoint.token in cmd]
+        assert backend.pid is not None
+        assert endpoint.token not in process_environ(backend.pid)
+
+        # loopback only: the same port on another loopback address is closed
+        with pytest.raises(OSError, match="refused"):
+            socket.create_connection(("127.0.0.2", port), timeout=2).close()
+
+        # requests without or with a wrong token are refused
+        async with httpx.AsyncClient(base_url=endpoint.url) as http:
+            assert (await http.get("/api/kernelspecs")).status_code == 401
+            wrong = {"Authorization": "token not-the-token"}
+            assert (await http.get("/api/kernelspecs", headers=wrong)).status_code == 401
+
+        # the kernels do not inherit the token
+        gateway = GatewayClient(endpoint)
+        kernel = await gateway.start_kernel("python3")
+        conn = KernelConnection(endpoint, kernel["id"])
+        outputs: list[dict] = []
+        reply = await conn.execute(
+            "import os, json; print(json.dumps(dict(os.environ)))", outputs.append
+        )
+        assert reply["content"]["status"] == "ok"
+        printed = "".join(m["content"].get("text", "") for m in outputs)
+        assert "PATH" in printed
+        assert endpoint.token not in printed
+        kernel_pids = pids_matching(kernel["id"])
+        assert kernel_pids, "kernel process not found"
+        await conn.close()
+        await gateway.aclose()
+    finally:
+        gateway_pid = backend.pid
+        await backend.aclose()
+
+    assert not pids_matching(f"--config={config}")
+    assert gateway_pid is not None
+    assert not Path(f"/proc/{gateway_pid}").exists()
+    assert wait_until(lambda: not pids_matching(kernel["id"]), timeout=10)
+    assert not config.exists()
+    assert backend.describe()["gateway"]["state"] == "stopped"
+
+
+async def test_port_clash_is_retried_on_another_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy_port = taken.getsockname()[1]
+    real_free_port = local_module._free_port
+    ports = iter([busy_port])
+    monkeypatch.setattr(local_module, "_free_port", lambda: next(ports, None) or real_free_port())
+    backend = LocalBackend(make_settings(tmp_path))
+    try:
+        endpoint = await backend.start()
+        assert not endpoint.url.endswith(f":{busy_port}")
+        async with httpx.AsyncClient() as http:
+            headers = {"Authorization": f"token {endpoint.token}"}
+            resp = await http.get(f"{endpoint.url}/api/kernelspecs", headers=headers)
+        assert resp.status_code == 200
+        log = Path(backend.describe()["gateway"]["log"]).read_text()
+        assert f"{busy_port}" in log  # the first attempt saw the clash
+    finally:
+        await backend.aclose()
+        taken.close()
+
+
+async def test_start_timeout_is_reported_with_the_setting(tmp_path: Path) -> None:
+    backend = LocalBackend(make_settings(tmp_path, gateway_start_timeout="0.05"))
+    try:
+        with pytest.raises(GatewayStartError, match="JLABGW_GATEWAY_START_TIMEOUT"):
+            await backend.start()
+    finally:
+        await backend.aclose()
+    assert not pids_matching(str(tmp_path / "state" / "run"))
+
+
+async def test_start_is_idempotent_and_restarts_a_dead_gateway(settings: Settings) -> None:
+    backend = LocalBackend(settings)
+    try:
+        first = await backend.start()
+        assert await backend.start() == first
+        assert backend.pid is not None
+        import os
+        import signal
+
+        os.kill(backend.pid, signal.SIGKILL)
+        assert wait_until(lambda: backend._proc is not None and backend._proc.poll() is not None)
+        second = await backend.start()
+        assert second.token != first.token
+    finally:
+        await backend.aclose()

@@ -1,0 +1,271 @@
+"""SessionManager end to end: real gateway, real kernels, notebooks on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from jlabgw.backends import LocalBackend
+from jlabgw.config import Settings
+from jlabgw.errors import (
+    CellIndexError,
+    KernelNotFoundError,
+    PathOutsideNotebookDirError,
+    SessionBusyError,
+    UnknownSessionError,
+)
+from jlabgw.render import outputs_to_text
+from jlabgw.sessions import SessionManager
+from tests.conftest import make_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+PNG_CODE = """
+import base64, struct, zlib
+from IPython.display import Image, display
+def chunk(k, d):
+    return struct.pack('>I', len(d)) + k + d + struct.pack('>I', zlib.crc32(k + d))
+png = (b'\\x89PNG\\r\\n\\x1a\\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 1, 1, 8, 2, 0, 0, 0))
+       + chunk(b'IDAT', zlib.compress(b'\\x00\\xff\\x00\\x00')) + chunk(b'IEND', b''))
+display(Image(data=png))
+"""
+
+
+@pytest.fixture
+async def manager(tmp_path: Path, shared_backend: LocalBackend) -> AsyncIterator[SessionManager]:
+    settings = make_settings(tmp_path, progress_interval="0.2")
+    m = SessionManager(settings, shared_backend)
+    yield m
+    await m.aclose()
+
+
+def on_disk(path: str | Path) -> nbformat.NotebookNode:
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    return nb
+
+
+async def test_new_session_records_cells(manager: SessionManager) -> None:
+    info = await manager.start_new("first run")
+    assert info["backend"] == "local"
+    path = Path(info["notebook_path"])
+    assert path.name == "first_run.ipynb"
+    assert path.parent == manager.settings.notebook_dir
+    sid = info["session_id"]
+
+    r1 = await manager.execute(sid, "x = 6\nprint('hello')")
+    r2 = await manager.execute(sid, "x * 7")
+    bad = await manager.execute(sid, "1/0")
+    assert (r1.cell_index, r1.execution_count, r1.status) == (0, 1, "ok")
+    assert outputs_to_text(r2.outputs) == "42\n"
+    assert bad.is_error
+    assert bad.status == "error"
+
+    manager.writer.flush()
+    nb = on_disk(path)
+    assert [c.source for c in nb.cells] == ["x = 6\nprint('hello')", "x * 7", "1/0"]
+    assert [c.execution_count for c in nb.cells] == [1, 2, 3]
+    assert nb.cells[0].outputs[0].text == "hello\n"
+    assert nb.cells[2].outputs[0].ename == "ZeroDivisionError"
+    assert nb.metadata.kernelspec.name == "python3"
+    assert nb.metadata.language_info.name == "python"
+
+
+async def test_images_and_progress_bars(manager: SessionManager) -> None:
+    sid = (await manager.start_new("rich"))["session_id"]
+    image = await manager.execute(sid, PNG_CODE)
+    data = image.outputs[0].data["image/png"]
+    assert base64.b64decode(data).startswith(b"\x89PNG")
+    bar = await manager.execute(
+        sid,
+        "from IPython.display import clear_output\n"
+        "for i in range(200):\n    clear_output(wait=True)\n    print(f'{i}/199')",
+    )
+    assert outputs_to_text(bar.outputs) == "199/199\n"
+    update = await manager.execute(sid, "h = display('v1', display_id=True)\nh.update('v2')")
+    assert outputs_to_text(update.outputs) == "'v2'\n"
+
+
+async def test_edit_cell_reexecutes_code_and_edits_markdown(manager: SessionManager) -> None:
+    sid = (await manager.start_new("edit"))["session_id"]
+    await manager.execute(sid, "a = 1")
+    await manager.add_markdown(sid, "# notes")
+    await manager.execute(sid, "a + 1")
+    edited = await manager.edit_cell(sid, -1, "a + 100")
+    assert not isinstance(edited, str)
+    assert edited.cell_index == 2
+    assert outputs_to_text(edited.outputs) == "101\n"
+    assert edited.execution_count == 3
+    message = await manager.edit_cell(sid, 1, "# better notes")
+    assert message == "cell 1 (markdown) updated; not executed"
+    with pytest.raises(CellIndexError, match="has 3 cells"):
+        await manager.edit_cell(sid, 3, "x")
+    manager.writer.flush()
+    nb = on_disk(manager.get(sid).doc.path)
+    assert [c.source for c in nb.cells] == ["a = 1", "# better notes", "a + 100"]
+    assert len(nb.cells[2].outputs) == 1
+
+
+async def test_concurrent_calls_lose_no_cell(manager: SessionManager) -> None:
+    sid = (await manager.start_new("concurrent"))["session_id"]
+
+    async def writer(t: int) -> None:
+        for i in range(20):
+            await manager.add_markdown(sid, f"{t}-{i}")
+
+    await asyncio.gather(
+        *(writer(t) for t in range(4)), *(manager.execute(sid, f"{i}") for i in range(5))
+    )
+    manager.writer.flush()
+    nb = on_disk(manager.get(sid).doc.path)
+    markdown = {c.source for c in nb.cells if c.cell_type == "markdown"}
+    assert markdown == {f"{t}-{i}" for t in range(4) for i in range(20)}
+    codes = sorted(c.execution_count for c in nb.cells if c.cell_type == "code")
+    assert codes == [1, 2, 3, 4, 5]  # each cell ran exactly once
+
+
+async def test_sessions_run_in_parallel(manager: SessionManager) -> None:
+    sids = [(await manager.start_new(f"p{i}"))["session_id"] for i in range(3)]
+    t0 = asyncio.get_running_loop().time()
+    results = await asyncio.gather(
+        *(manager.execute(sid, "import time; time.sleep(1.5); 'ok'") for sid in sids)
+    )
+    elapsed = asyncio.get_running_loop().time() - t0
+    assert all(outputs_to_text(r.outputs) == "'ok'\n" for r in results)
+    assert elapsed < 4.0, f"3 x 1.5 s sleeps took {elapsed:.1f} s: not parallel"
+
+
+async def test_resume_reruns_in_place_and_reports_failures(manager: SessionManager) -> None:
+    info = await manager.start_new("to-resume")
+    sid = info["session_id"]
+    await manager.execute(sid, "v = 10")
+    await manager.add_markdown(sid, "text")
+    await manager.execute(sid, "undefined_name")
+    await manager.execute(sid, "w = v * 2")
+    await manager.shutdown(sid)
+
+    steps: list[str] = []
+
+    async def progress(done: float, total: float | None, message: str) -> None:
+        steps.append(message)
+
+    resumed = await manager.resume("again", Path(info["notebook_path"]).name, progress)
+    assert resumed["notebook_path"] == info["notebook_path"]
+    assert resumed["executed_cells"] == 3
+    assert resumed["failed_cells"] == [
+        {"cell_index": 2, "ename": "NameError", "evalue": "name 'undefined_name' is not defined"}
+    ]
+    assert any("re-running cell 3" in s for s in steps)
+    check = await manager.execute(resumed["session_id"], "w")
+    assert outputs_to_text(check.outputs) == "20\n"
+    with pytest.raises(SessionBusyError, match="already open in session"):
+        await manager.resume("twice", info["notebook_path"])
+
+
+async def test_continue_forks_without_running(manager: SessionManager, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    info = await manager.start_new("origin")
+    await manager.execute(info["session_id"], f"open({str(marker)!r}, 'a').write('x')")
+    marker.unlink()
+    original = Path(info["notebook_path"])
+    manager.writer.flush()
+    before = original.read_bytes()
+
+    forked = await manager.continue_("fork", original.name)
+    assert Path(forked["notebook_path"]).name == "origin_continued.ipynb"
+    assert forked["original_notebook"] == str(original)
+    assert not marker.exists()  # nothing was re-run
+    result = await manager.execute(forked["session_id"], "'fresh' in dir()")
+    assert outputs_to_text(result.outputs) == "False\n"
+    manager.writer.flush()
+    assert original.read_bytes() == before
+    fork_nb = on_disk(forked["notebook_path"])
+    assert len(fork_nb.cells) == 2
+
+
+async def test_bad_inputs_have_actionable_errors(manager: SessionManager) -> None:
+    with pytest.raises(UnknownSessionError, match="start_new_session"):
+        await manager.execute("nope", "1")
+    with pytest.raises(PathOutsideNotebookDirError):
+        await manager.resume("x", "../../etc/hosts.ipynb")
+    with pytest.raises(PathOutsideNotebookDirError):
+        await manager.continue_("x", "/tmp/../etc/x.ipynb")
+
+
+async def test_shutdown_restart_interrupt(manager: SessionManager) -> None:
+    sid = (await manager.start_new("control"))["session_id"]
+    kernel_id = manager.get(sid).kernel_id
+    await manager.execute(sid, "keep = 1")
+
+    running = asyncio.create_task(manager.execute(sid, "import time; time.sleep(60)"))
+    await asyncio.sleep(0.5)
+    await manager.interrupt(sid)
+    interrupted = await asyncio.wait_for(running, timeout=20)
+    assert "KeyboardInterrupt" in outputs_to_text(interrupted.outputs)
+    still = await manager.execute(sid, "keep")
+    assert outputs_to_text(still.outputs) == "1\n"
+
+    assert "restarted" in await manager.restart(sid)
+    gone = await manager.execute(sid, "keep")
+    assert "NameError" in outputs_to_text(gone.outputs)
+
+    message = await manager.shutdown(sid)
+    assert "notebook saved" in message
+    with pytest.raises(UnknownSessionError):
+        manager.get(sid)
+    gateway = await manager.gateway()
+    with pytest.raises(KernelNotFoundError):
+        await gateway.get_kernel(kernel_id)
+
+
+async def test_cancelled_caller_leaves_the_cell_running(manager: SessionManager) -> None:
+    sid = (await manager.start_new("cancel"))["session_id"]
+    caller = asyncio.create_task(
+        manager.execute(
+            sid, "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.4)"
+        )
+    )
+    await asyncio.sleep(0.3)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    after = await manager.execute(sid, "'next'")  # waits for the running cell, then runs
+    assert after.cell_index == 1
+    manager.writer.flush()
+    nb = on_disk(manager.get(sid).doc.path)
+    assert nb.cells[0].outputs[0].text == "0\n1\n2\n"
+    assert [c.execution_count for c in nb.cells] == [1, 2]
+
+
+async def test_progress_reports_elapsed_and_last_line(manager: SessionManager) -> None:
+    sid = (await manager.start_new("progress"))["session_id"]
+    seen: list[str] = []
+
+    async def progress(done: float, total: float | None, message: str) -> None:
+        seen.append(message)
+
+    await manager.execute(sid, "import time\nprint('epoch 1', flush=True)\ntime.sleep(1)", progress)
+    assert any(m.startswith("running for") and "epoch 1" in m for m in seen), seen
+
+
+async def test_notebook_file_keeps_umask_mode(manager: SessionManager) -> None:
+    info = await manager.start_new("mode")
+    mode = Path(info["notebook_path"]).stat().st_mode & 0o777
+    assert mode & 0o044, oct(mode)  # group/other can read: not a private 0600 file
+    assert json.loads(Path(info["notebook_path"]).read_text())["nbformat_minor"] == 5
+
+
+async def test_unknown_kernel_name(tmp_path: Path, shared_backend: LocalBackend) -> None:
+    settings: Settings = make_settings(tmp_path, kernel_name="julia-9")
+    m = SessionManager(settings, shared_backend)
+    try:
+        with pytest.raises(Exception, match=r"kernel 'julia-9' is not installed.*python3"):
+            await m.start_new("x")
+    finally:
+        await m.aclose()

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jlabgw.config import Settings, load_settings
+from jlabgw.errors import ConfigError
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_defaults(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.toml", "")
+    s = load_settings(environ={"JLABGW_CONFIG": str(cfg)})
+    assert s.backend == "local"
+    assert s.kernel_name == "python3"
+    assert s.notebook_dir == (Path.cwd() / "notebooks")
+    assert s.notebook_dir.is_absolute()
+    assert s.state_dir.is_absolute()
+
+
+def test_precedence_flag_over_env_over_file(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.toml", 'kernel_name = "from-file"\nlog_level = "debug"\n')
+    env = {"JLABGW_CONFIG": str(cfg), "JLABGW_KERNEL_NAME": "from-env"}
+    assert load_settings(environ=env).kernel_name == "from-env"
+    assert load_settings({"kernel_name": "from-flag"}, environ=env).kernel_name == "from-flag"
+    assert load_settings(environ={"JLABGW_CONFIG": str(cfg)}).kernel_name == "from-file"
+    # a flag left unset (None) does not override
+    assert load_settings({"kernel_name": None}, environ=env).kernel_name == "from-env"
+    assert load_settings(environ=env).log_level == "DEBUG"
+
+
+def test_paths_expand_user_and_become_absolute(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.toml", 'notebook_dir = "~/nb"\n')
+    s = load_settings(environ={"JLABGW_CONFIG": str(cfg)})
+    assert s.notebook_dir == Path.home() / "nb"
+
+
+def test_malformed_env_value_names_key_source_and_expectation(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.toml", "")
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"JLABGW_CONFIG": str(cfg), "JLABGW_BACKEND": "pbs"})
+    message = str(info.value)
+    assert "JLABGW_BACKEND='pbs'" in message
+    assert "from environment" in message
+    assert "'local'" in message
+    assert "\n" not in message
+
+
+def test_malformed_number_from_file(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.toml", 'gateway_start_timeout = "soon"\n')
+    with pytest.raises(ConfigError, match=r"JLABGW_GATEWAY_START_TIMEOUT='soon' \(from config"):
+        load_settings(environ={"JLABGW_CONFIG": str(cfg)})
+
+
+def test_negative_timeout_rejected(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.toml", "")
+    with pytest.raises(ConfigError, match="greater than 0"):
+        load_settings(environ={"JLABGW_CONFIG": str(cfg), "JLABGW_GATEWAY_START_TIMEOUT": "-1"})
+
+
+def test_unknown_file_key_lists_valid_keys(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.toml", 'notebok_dir = "x"\n')
+    with pytest.raises(ConfigError, match=r"unknown key.*notebok_dir.*valid keys: .*notebook_dir"):
+        load_settings(environ={"JLABGW_CONFIG": str(cfg)})
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.toml", "backend = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(environ={"JLABGW_CONFIG": str(cfg)})
+
+
+def test_explicit_config_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(environ={"JLABGW_CONFIG": str(tmp_path / "missing.toml")})
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.toml", "")
+    s = load_settings(environ={"JLABGW_CONFIG": str(cfg)})
+    with pytest.raises(ValueError, match="frozen"):
+        s.kernel_name = "x"  # type: ignore[misc]
+    assert isinstance(s, Settings)

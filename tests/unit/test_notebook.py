@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from jlabgw.errors import CellIndexError, NotebookError
+from jlabgw.notebook import NotebookDoc, NotebookWriter
+
+
+@pytest.fixture
+def writer() -> Iterator[NotebookWriter]:
+    w = NotebookWriter(delay=0.05)
+    yield w
+    w.close()
+
+
+def read(path: Path) -> nbformat.NotebookNode:
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    return nb
+
+
+def test_create_writes_a_valid_45_notebook_with_unique_names(
+    tmp_path: Path, writer: NotebookWriter
+) -> None:
+    first = NotebookDoc.create(
+        tmp_path / "nb",
+        "exp",
+        writer,
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+    )
+    second = NotebookDoc.create(tmp_path / "nb", "exp", writer)
+    assert first.path.name == "exp.ipynb"
+    assert second.path.name == "exp-2.ipynb"
+    nb = read(first.path)
+    assert (nb.nbformat, nb.nbformat_minor) == (4, 5)
+    assert nb.metadata.kernelspec.name == "python3"
+
+
+def test_changes_are_written_and_validate(tmp_path: Path, writer: NotebookWriter) -> None:
+    doc = NotebookDoc.create(tmp_path, "exp", writer)
+    doc.append_cell(new_markdown_cell("# title"))
+    index = doc.append_cell(new_code_cell("1+1"))
+    with doc.editing():
+        doc.nb.cells[index].execution_count = 1
+        doc.nb.cells[index].outputs.append(
+            nbformat.v4.new_output("execute_result", data={"text/plain": "2"}, execution_count=1)
+        )
+    doc.flush()
+    nb = read(doc.path)
+    assert [c.cell_type for c in nb.cells] == ["markdown", "code"]
+    assert nb.cells[1].outputs[0].data["text/plain"] == "2"
+    assert all(c.id for c in nb.cells)
+
+
+def test_writes_coalesce(tmp_path: Path) -> None:
+    writer = NotebookWriter(delay=0.3)
+    try:
+        doc = NotebookDoc.create(tmp_path, "exp", writer)
+        before = os.stat(doc.path).st_mtime_ns
+        for i in range(50):
+            doc.append_cell(new_markdown_cell(str(i)))
+        # nothing written yet: the writer is waiting for more changes
+        assert os.stat(doc.path).st_mtime_ns == before
+        assert len(read(doc.path).cells) == 0
+        doc.flush()
+        assert len(read(doc.path).cells) == 50
+    finally:
+        writer.close()
+
+
+def test_concurrent_appends_lose_nothing(tmp_path: Path, writer: NotebookWriter) -> None:
+    doc = NotebookDoc.create(tmp_path, "exp", writer)
+
+    def add(thread: int) -> None:
+        for i in range(20):
+            doc.append_cell(new_markdown_cell(f"{thread}-{i}"))
+
+    threads = [threading.Thread(target=add, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    doc.flush()
+    sources = {c.source for c in read(doc.path).cells}
+    assert sources == {f"{t}-{i}" for t in range(4) for i in range(20)}
+
+
+def test_open_upgrades_44_notebook(tmp_path: Path, writer: NotebookWriter) -> None:
+    nb = new_notebook(cells=[new_code_cell("x = 1")])
+    nb.nbformat_minor = 4
+    for cell in nb.cells:
+        del cell["id"]
+    path = tmp_path / "old.ipynb"
+    path.write_text(json.dumps(nb))
+    doc = NotebookDoc.open(path, writer)
+    assert doc.nb.nbformat_minor == 5
+    assert doc.nb.cells[0].id
+
+
+def test_open_rejects_garbage(tmp_path: Path, writer: NotebookWriter) -> None:
+    path = tmp_path / "bad.ipynb"
+    path.write_text("{not json")
+    with pytest.raises(NotebookError, match="not a valid notebook"):
+        NotebookDoc.open(path, writer)
+
+
+def test_invalid_model_is_never_written(tmp_path: Path, writer: NotebookWriter) -> None:
+    doc = NotebookDoc.create(tmp_path, "exp", writer)
+    doc.append_cell(new_markdown_cell("kept"))
+    doc.flush()
+    with doc.editing():
+        doc.nb.cells.append({"cell_type": "bogus"})
+    with pytest.raises(NotebookError, match="not writing"):
+        doc.flush()
+    assert [c.source for c in read(doc.path).cells] == ["kept"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_unwritable_dir_reports_and_keeps_file(tmp_path: Path, writer: NotebookWriter) -> None:
+    doc = NotebookDoc.create(tmp_path, "exp", writer)
+    tmp_path.chmod(0o500)
+    try:
+        doc.append_cell(new_markdown_cell("x"))
+        with pytest.raises(NotebookError, match="cannot write"):
+            doc.flush()
+        assert doc.write_error
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_write_error_is_reported_then_recovers(tmp_path: Path, writer: NotebookWriter) -> None:
+    # Works as root too: a directory where the temp file should go makes the write fail.
+    doc = NotebookDoc.create(tmp_path, "exp", writer)
+    doc.path.unlink()
+    doc.path.mkdir()
+    doc.append_cell(new_markdown_cell("x"))
+    with pytest.raises(NotebookError, match="cannot write"):
+        doc.flush()
+    assert "kernel and its state are fine" in (doc.write_error or "")
+    doc.path.rmdir()
+    doc.append_cell(new_markdown_cell("y"))
+    doc.flush()
+    assert doc.write_error is None
+    assert [c.source for c in read(doc.path).cells] == ["x", "y"]
+
+
+def test_cell_index(tmp_path: Path, writer: NotebookWriter) -> None:
+    doc = NotebookDoc.create(tmp_path, "exp", writer)
+    with pytest.raises(CellIndexError, match="has no cells"):
+        doc.cell_index(0)
+    for i in range(3):
+        doc.append_cell(new_markdown_cell(str(i)))
+    assert doc.cell_index(-1) == 2
+    assert doc.cell_index(-3) == 0
+    assert doc.cell_index(1) == 1
+    with pytest.raises(CellIndexError, match=r"has 3 cells \(valid: 0..2, or -1..-3"):
+        doc.cell_index(3)
+    with pytest.raises(CellIndexError):
+        doc.cell_index(-4)
