@@ -4,6 +4,8 @@
 (b) gateway: jlabgw's gateway client (REST + one WebSocket) on the local Kernel Gateway
 (c) mcp:     ``execute_code`` over MCP stdio, jlabgw started as a subprocess and driven by the
              ``mcp`` SDK client in the initialize-handshake mode Claude Desktop/Code use
+(r) reference: a bare fastmcp tool that only does the gateway call (``bare_mcp_server.py``),
+             same transport and client: what (c) would cost with no sessions or notebook
 
 The three paths are set up together and timed round-robin (one call each per round), so a
 change in the machine's load affects all of them alike. Prints median and p90 per path and the
@@ -112,12 +114,33 @@ async def mcp_path(workdir: Path) -> AsyncIterator[Callable[[], Awaitable[None]]
         yield once
 
 
+@contextlib.asynccontextmanager
+async def reference_path() -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """(r) a bare fastmcp tool doing only the gateway call."""
+    from mcp import Client, StdioServerParameters
+
+    server = str(Path(__file__).with_name("bare_mcp_server.py"))
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "")}
+    params = StdioServerParameters(command=sys.executable, args=[server], env=env)
+    async with Client(params, mode="legacy") as client:
+
+        async def once() -> None:
+            result = await client.call_tool("run", {"code": CODE})
+            assert result.content[0].text == "2", result
+
+        yield once
+
+
 async def measure(n: int, warmup: int, workdir: Path) -> dict[str, list[float]]:
     """All paths set up at once and timed round-robin, so they share the machine's state."""
     samples: dict[str, list[float]] = {name: [] for name in PATHS}
     with Floor() as floor:
-        async with gateway_path(workdir) as gateway, mcp_path(workdir) as mcp:
-            paths = dict(zip(PATHS, (floor.once, gateway, mcp), strict=True))
+        async with (
+            gateway_path(workdir) as gateway,
+            mcp_path(workdir) as mcp,
+            reference_path() as reference,
+        ):
+            paths = dict(zip(PATHS, (floor.once, gateway, mcp, reference), strict=True))
             for i in range(warmup + n):
                 for name, once in paths.items():
                     t0 = time.perf_counter()
@@ -132,6 +155,7 @@ PATHS = (
     "floor (jupyter_client -> ipykernel)",
     "gateway client (jlabgw, local KG)",
     "execute_code over MCP stdio",
+    "reference: bare fastmcp tool -> gateway",
 )
 
 
