@@ -22,20 +22,28 @@ from jlabgw.stdio import serve_stdio
 
 
 @contextlib.asynccontextmanager
+async def local_kernel(state_dir: str) -> AsyncIterator[KernelConnection]:
+    """A local gateway and one ready python3 kernel on it (also used by latency.py)."""
+    backend = LocalBackend(load_settings(environ={"JLABGW_STATE_DIR": state_dir}))
+    try:
+        endpoint = await backend.start()
+        gateway = GatewayClient(endpoint)
+        kernel = await gateway.start_kernel("python3")
+        conn = KernelConnection(endpoint, kernel["id"])
+        await conn.kernel_info()
+        yield conn
+        await conn.close()
+        await gateway.delete_kernel(kernel["id"])
+        await gateway.aclose()
+    finally:
+        await backend.aclose()
+
+
+@contextlib.asynccontextmanager
 async def lifespan(_: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="jlabgw-bare-") as state:
-        backend = LocalBackend(load_settings(environ={"JLABGW_STATE_DIR": state}))
-        try:
-            endpoint = await backend.start()
-            gateway = GatewayClient(endpoint)
-            kernel = await gateway.start_kernel("python3")
-            conn = KernelConnection(endpoint, kernel["id"])
-            await conn.kernel_info()
+        async with local_kernel(state) as conn:
             yield {"conn": conn}
-            await conn.close()
-            await gateway.aclose()
-        finally:
-            await backend.aclose()
 
 
 mcp: FastMCP[Any] = FastMCP("bare", lifespan=lifespan)

@@ -60,30 +60,15 @@ class Floor:
 @contextlib.asynccontextmanager
 async def gateway_path(workdir: Path) -> AsyncIterator[Callable[[], Awaitable[None]]]:
     """(b) jlabgw's gateway client on a local Kernel Gateway."""
-    from jlabgw.backends import LocalBackend
-    from jlabgw.config import load_settings
-    from jlabgw.gateway import GatewayClient
-    from jlabgw.kernel import KernelConnection
+    from bare_mcp_server import local_kernel
 
-    settings = load_settings(environ={"JLABGW_STATE_DIR": str(workdir / "state-gw")})
-    backend = LocalBackend(settings)
-    try:
-        endpoint = await backend.start()
-        gateway = GatewayClient(endpoint)
-        kernel = await gateway.start_kernel("python3")
-        conn = KernelConnection(endpoint, kernel["id"])
-        await conn.kernel_info()
+    async with local_kernel(str(workdir / "state-gw")) as conn:
 
         async def once() -> None:
             reply = await conn.execute(CODE)
             assert reply["content"]["status"] == "ok", reply
 
         yield once
-        await conn.close()
-        await gateway.delete_kernel(kernel["id"])
-        await gateway.aclose()
-    finally:
-        await backend.aclose()
 
 
 @contextlib.asynccontextmanager

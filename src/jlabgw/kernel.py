@@ -145,7 +145,12 @@ class KernelConnection:
     ) -> Message:
         """Send one request and wait for its reply (and its IOPub idle when ``wait_idle``)."""
         await self.connect()
-        assert self._ws is not None
+        ws = self._ws
+        if ws is None:  # dropped between connecting and now
+            raise ConnectionLostError(
+                f"the WebSocket to kernel {self.kernel_id} closed before the request was sent; "
+                "nothing was executed"
+            )
         msg = self._session.msg(msg_type, content)
         msg_id: str = msg["header"]["msg_id"]
         msg["channel"] = channel
@@ -157,7 +162,7 @@ class KernelConnection:
         self._pending[msg_id] = pending
         try:
             try:
-                await self._ws.send(json.dumps(msg, default=json_default))
+                await ws.send(json.dumps(msg, default=json_default))
             except websockets.ConnectionClosed as exc:
                 raise ConnectionLostError(
                     f"the WebSocket to kernel {self.kernel_id} closed before the request was "

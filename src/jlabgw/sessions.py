@@ -99,6 +99,12 @@ async def _no_progress(done: float, total: float | None, message: str) -> None:
     return None
 
 
+def _consume_outcome(task: asyncio.Task[Any]) -> None:
+    """An execution whose caller went away still ends somehow; log it instead of leaking it."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.info("an execution ended after its caller left: %s", exc)
+
+
 class SessionManager:
     """Creates, runs and tears down sessions on one backend's gateway."""
 
@@ -360,6 +366,7 @@ class SessionManager:
         """Run ``code`` in a new cell (index None) or in cell ``index`` (new source if given)."""
         started = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(self._execution(session, index, code, started))
+        task.add_done_callback(_consume_outcome)
         # The execution is its own task: a cancelled caller leaves the cell running and
         # recording into the notebook, and the session lock held until it finishes.
         t0 = time.monotonic()
