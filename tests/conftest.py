@@ -12,6 +12,7 @@ import pytest
 
 from jlabgw.backends import LocalBackend
 from jlabgw.config import Settings, load_settings
+from tests.sshd import SSHDServer, unavailable_reason
 
 
 @pytest.fixture
@@ -63,3 +64,16 @@ def server_env(root: Path, **extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDServer]:
+    """A real OpenSSH sshd on 127.0.0.1 (see tests/sshd.py); skipped where it cannot run."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    server = SSHDServer(tmp_path_factory.mktemp("sshd"))
+    server.setup()
+    server.start()
+    yield server
+    server.stop()

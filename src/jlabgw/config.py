@@ -53,11 +53,30 @@ class Settings(BaseModel):
     progress_interval: float = Field(
         5.0, gt=0, description="Seconds between progress notifications while a cell runs."
     )
+    # -- SSH (login node / compute nodes) ------------------------------------------------------
+    ssh_host: str = Field(
+        "", description="Login node host or ~/.ssh/config alias; empty: run cluster commands here."
+    )
+    ssh_port: int | None = Field(None, ge=1, le=65535, description="SSH port (else from config).")
+    ssh_user: str | None = Field(None, description="SSH user name (else from ~/.ssh/config).")
+    ssh_key: Path | None = Field(None, description="Private key file (else agent / config keys).")
+    ssh_config: Path = Field(
+        Path("~/.ssh/config"), description="OpenSSH client config to read host settings from."
+    )
+    known_hosts: Path = Field(
+        Path("~/.ssh/known_hosts"), description="known_hosts file used to verify host keys."
+    )
+    compute_ssh_port: int = Field(22, ge=1, le=65535, description="sshd port on compute nodes.")
+    ssh_timeout: float = Field(
+        15.0, gt=0, description="Seconds to wait for an SSH connection (per hop) to be set up."
+    )
 
-    @field_validator("notebook_dir", "state_dir", mode="after")
+    @field_validator(
+        "notebook_dir", "state_dir", "ssh_key", "ssh_config", "known_hosts", mode="after"
+    )
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().absolute()
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().absolute()
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -15,6 +15,11 @@ Tree::
     │   ├── GatewayAuthError        401/403: token rejected
     │   ├── GatewayServerError      5xx: the gateway failed (possibly transient)
     │   └── KernelNotFoundError     the kernel is gone from the gateway
+    ├── SSHError                    an SSH connection could not be made or used
+    │   ├── HostKeyError            the host key is unknown or does not match known_hosts
+    │   ├── SSHAuthError            no key was accepted
+    │   └── SSHConnectError         the host (or a jump host) cannot be reached
+    ├── CommandError                a command exited non-zero (argv, exit code, stdout, stderr)
     ├── KernelError                 trouble on the kernel side of a session
     │   ├── KernelDiedError         the kernel process died or restarted
     │   └── ConnectionLostError     the kernel WebSocket dropped mid-request
@@ -31,18 +36,23 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "CellIndexError",
+    "CommandError",
     "ConfigError",
     "ConnectionLostError",
     "GatewayAuthError",
     "GatewayError",
     "GatewayServerError",
     "GatewayStartError",
+    "HostKeyError",
     "JlabgwError",
     "KernelDiedError",
     "KernelError",
     "KernelNotFoundError",
     "NotebookError",
     "PathOutsideNotebookDirError",
+    "SSHAuthError",
+    "SSHConnectError",
+    "SSHError",
     "SessionBusyError",
     "SessionError",
     "UnknownSessionError",
@@ -79,6 +89,37 @@ class GatewayServerError(GatewayError):
 
 class KernelNotFoundError(GatewayError):
     """The gateway no longer knows the kernel."""
+
+
+class SSHError(JlabgwError):
+    """An SSH connection could not be made or used."""
+
+
+class HostKeyError(SSHError):
+    """The server's host key is not in known_hosts, or differs from the recorded one."""
+
+
+class SSHAuthError(SSHError):
+    """The server accepted none of our keys."""
+
+
+class SSHConnectError(SSHError):
+    """The host, or a jump host on the way, cannot be reached."""
+
+
+class CommandError(JlabgwError):
+    """A command exited with a non-zero status. Carries everything needed to diagnose it."""
+
+    def __init__(self, argv: list[str], returncode: int, stdout: str, stderr: str, where: str):
+        self.argv = argv
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.where = where
+        detail = (stderr.strip() or stdout.strip() or "no output")[-2000:]
+        super().__init__(
+            f"`{' '.join(argv)}` failed on {where} with exit code {returncode}: {detail}"
+        )
 
 
 class KernelError(JlabgwError):

@@ -6,9 +6,10 @@ incoming message by ``parent_header.msg_id`` to the request that caused it; a re
 complete when its shell reply *and* its ``status: idle`` on IOPub have both arrived
 (jupyter_client's rule), so no trailing output is ever lost.
 
-The WebSocket URL carries a fixed ``session_id``: if the socket drops, a reconnect with the same
-id gets the output the gateway buffered meanwhile. A request that was in flight when the socket
-dropped is failed, never re-sent: code is never executed twice.
+The WebSocket URL carries a fixed ``session_id``. If the socket drops while a request is in
+flight, the reader reopens it with the same id (bounded retries) and the gateway replays what it
+buffered meanwhile, so the request completes with nothing lost. A request is never re-sent:
+code is never executed twice. If reopening fails, the request fails with a clear error.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from jupyter_client.session import Session
 from websockets.asyncio.client import ClientConnection
 
 from .backends.base import GatewayEndpoint
-from .errors import ConnectionLostError, GatewayAuthError, GatewayError, KernelDiedError
+from .errors import (
+    ConnectionLostError,
+    GatewayAuthError,
+    GatewayError,
+    JlabgwError,
+    KernelDiedError,
+    KernelNotFoundError,
+)
 
 __all__ = ["KernelConnection", "Message", "OnMessage"]
 
@@ -39,6 +47,7 @@ Message = dict[str, Any]
 OnMessage = Callable[[Message], None]
 
 _OPEN_TIMEOUT = 30.0
+_REOPEN_DELAYS = (0.0, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0)  # bounded: ~16 s plus connect timeouts
 
 
 @dataclass
@@ -70,6 +79,7 @@ class KernelConnection:
         self._pending: dict[str, _Pending] = {}
         self._connect_lock = asyncio.Lock()
         self._closed = False
+        self.reopens = 0
         self.on_status: Callable[[str], None] | None = None
 
     @property
@@ -89,37 +99,43 @@ class KernelConnection:
                 return
             if self._closed:
                 raise ConnectionLostError("this kernel connection was closed")
-            try:
-                ws = await websockets.connect(
-                    self.url,
-                    additional_headers={"Authorization": f"token {self.endpoint.token}"},
-                    max_size=None,  # outputs of many MB are normal
-                    compression=None,  # loopback/tunnel: deflate costs more than it saves
-                    open_timeout=_OPEN_TIMEOUT,
-                    ping_interval=20,
-                    ping_timeout=60,
-                )
-            except websockets.InvalidStatus as exc:
-                status = exc.response.status_code
-                if status in (401, 403):
-                    raise GatewayAuthError(
-                        f"the gateway refused our token for kernel {self.kernel_id}"
-                    ) from exc
-                if status == 404:
-                    raise GatewayError(f"kernel {self.kernel_id} does not exist") from exc
-                raise GatewayError(
-                    f"WebSocket to kernel {self.kernel_id} refused: HTTP {status}"
+            self._ws = await self._open_ws()
+            self._reader = asyncio.create_task(self._read_loop(), name=f"ws-{self.kernel_id}")
+
+    async def _open_ws(self) -> ClientConnection:
+        try:
+            ws = await websockets.connect(
+                self.url,
+                additional_headers={"Authorization": f"token {self.endpoint.token}"},
+                max_size=None,  # outputs of many MB are normal
+                compression=None,  # loopback/tunnel: deflate costs more than it saves
+                open_timeout=_OPEN_TIMEOUT,
+                ping_interval=20,
+                ping_timeout=60,
+            )
+        except websockets.InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403):
+                raise GatewayAuthError(
+                    f"the gateway refused our token for kernel {self.kernel_id}"
                 ) from exc
-            except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
-                raise ConnectionLostError(
-                    f"cannot open a WebSocket to kernel {self.kernel_id} at "
-                    f"{self.endpoint.url}: {type(exc).__name__}"
+            if status == 404:
+                raise KernelNotFoundError(
+                    f"kernel {self.kernel_id} no longer exists on the gateway; its state is "
+                    "gone — start a new session, or start_session_resume_notebook"
                 ) from exc
-            sock = ws.transport.get_extra_info("socket")
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._ws = ws
-            self._reader = asyncio.create_task(self._read_loop(ws), name=f"ws-{self.kernel_id}")
+            raise GatewayError(
+                f"WebSocket to kernel {self.kernel_id} refused: HTTP {status}"
+            ) from exc
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+            raise ConnectionLostError(
+                f"cannot open a WebSocket to kernel {self.kernel_id} at "
+                f"{self.endpoint.url}: {type(exc).__name__}"
+            ) from exc
+        sock = ws.transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return ws
 
     async def close(self) -> None:
         self._closed = True
@@ -194,26 +210,64 @@ class KernelConnection:
 
     # -- reader ----------------------------------------------------------------------------------
 
-    async def _read_loop(self, ws: ClientConnection) -> None:
+    async def _read_loop(self) -> None:
         error: Exception = ConnectionLostError(
-            f"the WebSocket to kernel {self.kernel_id} closed while a request was running; "
-            "its output may be incomplete (it was not re-run)"
+            f"the WebSocket to kernel {self.kernel_id} closed while a request was running"
         )
         try:
-            async for raw in ws:
-                if isinstance(raw, bytes):
-                    log.debug("ignoring binary frame (%d bytes) from kernel", len(raw))
-                    continue
-                self._dispatch(json.loads(raw))
-        except websockets.ConnectionClosed:
-            pass
+            while True:
+                ws = self._ws
+                if ws is None:
+                    break
+                try:
+                    async for raw in ws:
+                        if isinstance(raw, bytes):
+                            log.debug("ignoring binary frame (%d bytes) from kernel", len(raw))
+                            continue
+                        self._dispatch(json.loads(raw))
+                except websockets.ConnectionClosed:
+                    pass
+                if self._closed or not self._pending:
+                    break  # idle: the next request reconnects
+                # A request is in flight: reopen with the same session id. The gateway buffered
+                # the kernel's messages meanwhile and replays them, so the request completes
+                # with nothing lost and nothing sent twice.
+                try:
+                    self._ws = await self._reopen()
+                except JlabgwError as exc:
+                    error = ConnectionLostError(
+                        f"lost the WebSocket to kernel {self.kernel_id} during a request and "
+                        f"could not reopen it ({exc}); the cell was not re-run, its output may "
+                        "be incomplete in the notebook"
+                    )
+                    break
         except Exception as exc:  # a bug in dispatch must not leave requests hanging forever
             log.exception("kernel %s reader failed", self.kernel_id)
             error = ConnectionLostError(f"reading from kernel {self.kernel_id} failed: {exc}")
         finally:
-            if self._ws is ws:
-                self._ws = None
+            self._ws = None
             self._fail_all(error)
+
+    async def _reopen(self) -> ClientConnection:
+        last: JlabgwError | None = None
+        for attempt, delay in enumerate(_REOPEN_DELAYS, 1):
+            await asyncio.sleep(delay)
+            if self._closed:
+                break
+            try:
+                ws = await self._open_ws()
+            except (ConnectionLostError, GatewayError) as exc:
+                if isinstance(exc, (KernelNotFoundError, GatewayAuthError)):
+                    raise
+                last = exc
+                log.info(
+                    "reopening kernel %s WebSocket, attempt %d: %s", self.kernel_id, attempt, exc
+                )
+                continue
+            log.info("kernel %s WebSocket reopened (attempt %d)", self.kernel_id, attempt)
+            self.reopens += 1
+            return ws
+        raise last or ConnectionLostError("the kernel connection was closed")
 
     def _dispatch(self, msg: Message) -> None:
         channel = msg.get("channel")

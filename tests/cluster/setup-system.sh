@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One-time, root-only set-up of this machine for the SSH (and later SLURM) integration tests:
+# Debian packages, the dedicated test user, and sshd's runtime directory. Idempotent.
+# The test sshd itself is started and stopped by the test suite (tests/sshd.py), from
+# tests/cluster/sshd_config.in, on 127.0.0.1 and a high port, with its own host key.
+set -euo pipefail
+
+TEST_USER="${JLABGW_TEST_USER:-jlabgw-test}"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup-system.sh must run as root" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -qq --no-install-recommends openssh-server openssh-client procps >/dev/null
+
+# sshd refuses to start without its privilege-separation directory.
+install -d -m 755 /run/sshd
+
+# A dedicated user: sshd (sensibly) refuses root logins. useradd leaves the account locked
+# ("!" in /etc/shadow), and with UsePAM no sshd then refuses even key logins; '*' unlocks it
+# for keys only. Its home is under /home (no world-writable parents: StrictModes).
+if ! id "$TEST_USER" >/dev/null 2>&1; then
+  useradd --create-home --home-dir "/home/$TEST_USER" --shell /bin/bash "$TEST_USER"
+fi
+usermod -p '*' "$TEST_USER"
+install -d -m 700 -o "$TEST_USER" -g "$TEST_USER" "/home/$TEST_USER/.ssh"
+echo "test user $TEST_USER ready"

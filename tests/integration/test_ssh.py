@@ -1,0 +1,255 @@
+"""The SSH layer against a real OpenSSH sshd on 127.0.0.1 (tests/sshd.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jlabgw.backends import GatewayEndpoint, LocalBackend
+from jlabgw.config import Settings
+from jlabgw.errors import CommandError, HostKeyError, SSHAuthError, SSHConnectError
+from jlabgw.gateway import GatewayClient
+from jlabgw.kernel import KernelConnection
+from jlabgw.remote import LocalHost, SSHHost
+from jlabgw.ssh import SSHConnection
+from jlabgw.tunnel import Forwarder
+from tests.conftest import make_settings
+from tests.helpers import wait_until
+from tests.sshd import SSHDServer
+
+pytestmark = pytest.mark.integration
+
+
+def ssh_settings(tmp_path: Path, sshd: SSHDServer, **extra: str) -> Settings:
+    values = {
+        "ssh_host": f"{sshd.user}@{sshd.host}:{sshd.port}",
+        "ssh_key": str(sshd.client_key),
+        "known_hosts": str(sshd.known_hosts),
+        "ssh_config": str(tmp_path / "no-ssh-config"),
+        "ssh_timeout": "5",
+    }
+    values.update(extra)
+    return make_settings(tmp_path, **values)
+
+
+@pytest.fixture
+def conn(tmp_path: Path, sshd: SSHDServer) -> Iterator[SSHConnection]:
+    settings = ssh_settings(tmp_path, sshd)
+    connection = SSHConnection(settings.ssh_host, settings)
+    yield connection
+    connection.close()
+
+
+def test_key_auth_quoting_exit_codes_and_stdin(conn: SSHConnection) -> None:
+    assert conn.run(["whoami"]).stdout == "jlabgw-test\n"
+    hostile = ["a b", "$(whoami)", "it's", "`id`", "; rm -rf ~", "\\n"]
+    assert conn.run(["printf", "%s\\n", *hostile]).stdout.splitlines() == hostile
+    result = conn.run(["sh", "-c", "echo out; echo err >&2; exit 3"], check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    with pytest.raises(CommandError) as info:
+        conn.run(["sh", "-c", "echo nope >&2; exit 7"])
+    assert info.value.returncode == 7
+    assert info.value.stderr == "nope\n"
+    assert "exit code 7" in str(info.value)
+    assert "jlabgw-test@127.0.0.1" in str(info.value)
+    # secrets go through stdin, not argv
+    assert conn.run(["cat"], input=b"s3cret-token").stdout == "s3cret-token"
+
+
+def test_connection_is_primed_and_nodelay(conn: SSHConnection) -> None:
+    import socket
+
+    sock = conn.transport.sock
+    assert isinstance(sock, socket.socket)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    assert conn.transport.is_active()
+
+
+def test_unknown_host_key_is_refused_with_a_fix(tmp_path: Path, sshd: SSHDServer) -> None:
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    settings = ssh_settings(tmp_path, sshd, known_hosts=str(empty))
+    with pytest.raises(HostKeyError) as info:
+        SSHConnection(settings.ssh_host, settings).run(["true"])
+    message = str(info.value)
+    assert "SHA256:" in message
+    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> {empty}" in message
+    assert "never accepts host keys" in message
+    assert empty.read_text() == ""  # nothing was added
+    missing = ssh_settings(tmp_path, sshd, known_hosts=str(tmp_path / "absent"))
+    with pytest.raises(HostKeyError, match="does not exist"):
+        SSHConnection(missing.ssh_host, missing).run(["true"])
+
+
+def test_changed_host_key_is_refused(tmp_path: Path, sshd: SSHDServer) -> None:
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kind, blob = Path(f"{other}.pub").read_text().split()[:2]
+    wrong = tmp_path / "wrong_known_hosts"
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} {kind} {blob}\n")
+    settings = ssh_settings(tmp_path, sshd, known_hosts=str(wrong))
+    with pytest.raises(HostKeyError, match=r"HOST KEY MISMATCH.*ssh-keygen -R"):
+        SSHConnection(settings.ssh_host, settings).run(["true"])
+
+
+def test_wrong_key_and_unreachable_host(tmp_path: Path, sshd: SSHDServer) -> None:
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    settings = ssh_settings(tmp_path, sshd, ssh_key=str(stranger))
+    with pytest.raises(SSHAuthError, match="accepted none of our keys"):
+        SSHConnection(settings.ssh_host, settings).run(["true"])
+    closed = ssh_settings(tmp_path, sshd, ssh_host=f"{sshd.user}@127.0.0.1:1")
+    with pytest.raises(SSHConnectError, match=r"cannot connect to jlabgw-test@127\.0\.0\.1:1"):
+        SSHConnection(closed.ssh_host, closed).run(["true"])
+
+
+def write_ssh_config(path: Path, sshd: SSHDServer, target_extra: str) -> Path:
+    path.write_text(
+        f"""
+Host jump
+    HostName {sshd.host}
+    Port {sshd.port}
+    User {sshd.user}
+    IdentityFile {sshd.client_key}
+
+Host cluster
+    HostName {sshd.host}
+    Port {sshd.port}
+    User {sshd.user}
+    IdentityFile {sshd.client_key}
+    ServerAliveInterval 7
+{target_extra}
+"""
+    )
+    return path
+
+
+def test_proxyjump_through_a_second_hop(tmp_path: Path, sshd: SSHDServer) -> None:
+    config = write_ssh_config(tmp_path / "ssh_config", sshd, "    ProxyJump jump")
+    settings = make_settings(
+        tmp_path, ssh_host="cluster", ssh_config=str(config), known_hosts=str(sshd.known_hosts)
+    )
+    connection = SSHConnection("cluster", settings)
+    try:
+        assert connection.spec.proxy_jump == ("jump",)
+        assert connection.spec.keepalive == 7
+        assert connection.run(["whoami"]).stdout == "jlabgw-test\n"
+        assert len(connection._chain) == 2  # jump host, then the target through it
+        assert not isinstance(connection.transport.sock, type(None))
+    finally:
+        connection.close()
+
+
+def test_proxycommand(tmp_path: Path, sshd: SSHDServer) -> None:
+    proxy = (
+        f"    ProxyCommand ssh -q -W %h:%p -i {sshd.client_key} -p {sshd.port} "
+        f"-o BatchMode=yes -o UserKnownHostsFile={sshd.known_hosts} "
+        f"-o StrictHostKeyChecking=yes {sshd.user}@{sshd.host}"
+    )
+    config = write_ssh_config(tmp_path / "ssh_config", sshd, proxy)
+    settings = make_settings(
+        tmp_path, ssh_host="cluster", ssh_config=str(config), known_hosts=str(sshd.known_hosts)
+    )
+    connection = SSHConnection("cluster", settings)
+    try:
+        assert connection.spec.proxy_command is not None
+        assert str(sshd.port) in connection.spec.proxy_command  # %p expanded
+        assert connection.run(["echo", "via proxy"]).stdout == "via proxy\n"
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o644])
+def test_files_over_sftp_and_locally(tmp_path: Path, conn: SSHConnection, mode: int) -> None:
+    remote = SSHHost(conn)
+    path = f"jlabgw-test-{mode:o}.json"
+    remote.write_bytes(path, b'{"token": "x"}', mode=mode)
+    st = remote.stat(path)
+    assert st is not None
+    assert st.mode == mode
+    assert st.size == 14
+    assert remote.read_bytes(f"~/{path}") == b'{"token": "x"}'
+    assert remote.stat("does-not-exist") is None
+    listing = conn.run(["ls", "-a"]).stdout.split()
+    assert not [n for n in listing if n.endswith(".tmp")]
+    conn.run(["rm", "-f", path])
+
+    local = LocalHost()
+    target = str(tmp_path / "local.json")
+    local.write_bytes(target, b"{}", mode=mode)
+    local_stat = local.stat(target)
+    assert local_stat is not None
+    assert local_stat.mode == mode
+    assert local.run(["sh", "-c", "exit 4"], check=False).returncode == 4
+    with pytest.raises(CommandError, match="command not found"):
+        local.run(["definitely-not-a-command-jlabgw"])
+
+
+async def _execute(conn: KernelConnection, code: str) -> str:
+    out: list[dict[str, Any]] = []
+    reply = await conn.execute(code, out.append)
+    assert reply["content"]["status"] == "ok", reply
+    texts = []
+    for m in out:
+        if m["msg_type"] == "stream":
+            texts.append(m["content"]["text"])
+        elif m["msg_type"] == "execute_result":
+            texts.append(m["content"]["data"]["text/plain"])
+    return "".join(texts)
+
+
+@pytest.mark.anyio
+async def test_forwarder_carries_a_gateway_websocket_across_faults(
+    tmp_path: Path, sshd: SSHDServer, shared_backend: LocalBackend
+) -> None:
+    direct = await shared_backend.start()
+    gw_port = int(direct.url.rsplit(":", 1)[1])
+    settings = ssh_settings(tmp_path, sshd)
+    connection = SSHConnection(settings.ssh_host, settings)
+    forwarder = Forwarder(connection, "127.0.0.1", gw_port).start()
+    try:
+        local_port = forwarder.local_port
+        endpoint = GatewayEndpoint(url=forwarder.url, token=direct.token)
+        gateway = GatewayClient(endpoint)
+        kernel = await gateway.start_kernel("python3")
+        kc = KernelConnection(endpoint, kernel["id"])
+        assert await _execute(kc, "x = 20; x + 1") == "21"
+
+        # 1. connection killed while idle: the next call reconnects, state is kept
+        assert sshd.drop_connections() > 0
+        assert await asyncio.to_thread(wait_until, lambda: not kc.connected, 10)
+        assert await _execute(kc, "x + 2") == "22"
+        assert connection.reconnects == 1
+        assert forwarder.local_port == local_port
+
+        # 2. connection killed while a cell runs: it completes, output whole, run once
+        code = (
+            "import time\nfor i in range(4):\n    print(i, flush=True)\n    time.sleep(0.5)\n"
+            "runs = globals().get('runs', 0) + 1"
+        )
+        running = asyncio.create_task(_execute(kc, code))
+        await asyncio.sleep(0.6)
+        assert sshd.drop_connections() > 0
+        assert await asyncio.wait_for(running, 60) == "0\n1\n2\n3\n"
+        assert kc.reopens >= 1
+        assert await _execute(kc, "runs") == "1"
+
+        # 3. sshd restarted, down for a couple of seconds, while a cell runs
+        running = asyncio.create_task(_execute(kc, "time.sleep(1.5); print('after restart')"))
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(sshd.restart, 2.0)
+        assert await asyncio.wait_for(running, 90) == "after restart\n"
+        assert await _execute(kc, "runs") == "1"
+        assert connection.reconnects >= 3
+
+        await kc.close()
+        await gateway.delete_kernel(kernel["id"])
+        await gateway.aclose()
+    finally:
+        forwarder.stop()
+        connection.close()
