@@ -9,8 +9,9 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
         "gateways; their kernels stop, notebooks are kept.",
     )
     stop.add_argument("--pid", type=int, help="stop only this server")
+    tunnel = sub.add_parser(
+        "tunnel",
+        parents=[common],
+        help="open the gateway (or an SSH tunnel to one) for debugging",
+        description="Attach to the running server's gateway (or start one) and print its URL, "
+        "where the token is, and a curl line. With --remote, forward a local port through "
+        "JLABGW_SSH_HOST to HOST:PORT as seen from there. Runs until Ctrl-C.",
+    )
+    tunnel.add_argument("--remote", metavar="HOST:PORT", help="forward to this address via SSH")
     return parser
 
 
@@ -120,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(settings, as_json=args.json)
         if command == "stop":
             return _stop(settings, args.pid)
+        if command == "tunnel":
+            return _tunnel(settings, args.remote)
     except JlabgwError as exc:
         print(f"jlabgw: {exc}", file=sys.stderr)
         return 1
@@ -286,3 +298,99 @@ def _stop(settings: Settings, only_pid: int | None) -> int:
             if state.get("stale"):
                 Path(state["state_file"]).unlink(missing_ok=True)
     return 1 if failed else 0
+
+
+# -- tunnel --------------------------------------------------------------------------------------
+
+_READ_CONFIG_CMD = (
+    "python3 -c 'import json,sys; "
+    'print(json.load(open(sys.argv[1]))["KernelGatewayApp"]["auth_token"])\' '
+)
+
+
+def _print_access(url: str, token_file: str | None) -> None:
+    print(f"gateway: {url}", flush=True)
+    if token_file:
+        token = f"$({_READ_CONFIG_CMD}{token_file})"
+        print(
+            f"token:   in {token_file} (mode 0600); print it with: {_READ_CONFIG_CMD}{token_file}"
+        )
+        print(f'try:     curl -sS -H "Authorization: token {token}" {url}/api/kernelspecs')
+    else:
+        print(
+            "token:   the auth token of the gateway you forward to (send it as the "
+            "'Authorization: token ...' header)"
+        )
+        print(f"try:     curl -sS -H 'Authorization: token TOKEN' {url}/api/kernelspecs")
+    print("Ctrl-C closes it.", flush=True)
+
+
+def _wait_for_interrupt(check: Callable[[], str | None] | None = None) -> None:
+    """Block until Ctrl-C/SIGTERM; ``check`` may return a line to print (e.g. reconnects)."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        line = check() if check else None
+        if line:
+            print(line, flush=True)
+
+
+def _tunnel(settings: Settings, remote: str | None) -> int:
+    if remote is not None:
+        return _tunnel_ssh(settings, remote)
+    for state in read_server_states(settings.state_dir):
+        gw = state.get("gateway") or {}
+        if not state.get("stale") and gw.get("state") == "running" and gw.get("url"):
+            print(f"attached to jlabgw server pid {state['pid']}")
+            _print_access(gw["url"], gw.get("token_file"))
+            _wait_for_interrupt()
+            return 0
+    return asyncio.run(_tunnel_local(settings))
+
+
+async def _tunnel_local(settings: Settings) -> int:
+    from .backends import LocalBackend
+
+    backend = LocalBackend(settings)
+    try:
+        endpoint = await backend.start()
+        print("started a gateway (no jlabgw server was running)")
+        _print_access(endpoint.url, backend.describe()["gateway"]["token_file"])
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await backend.aclose()
+    return 0
+
+
+def _tunnel_ssh(settings: Settings, remote: str) -> int:
+    from .ssh import SSHConnection
+    from .tunnel import Forwarder
+
+    if not settings.ssh_host:
+        raise JlabgwError("--remote needs JLABGW_SSH_HOST (the host to tunnel through)")
+    host, _, port = remote.rpartition(":")
+    if not host or not port.isdigit():
+        raise JlabgwError(f"--remote takes HOST:PORT, not {remote!r}")
+    connection = SSHConnection(settings.ssh_host, settings)
+    print(f"connecting to {connection.spec.label} ...", flush=True)
+    connection.transport  # noqa: B018 - connect now, so errors show before the URL
+    seen = 0
+    with Forwarder(connection, host, int(port)) as forwarder:
+        print(f"forwarding {forwarder.url} -> {host}:{port} via {connection.spec.label}")
+        _print_access(forwarder.url, None)
+
+        def reconnects() -> str | None:
+            nonlocal seen
+            if connection.reconnects != seen:
+                seen = connection.reconnects
+                return f"reconnected to {connection.spec.label} (#{seen}); same local port"
+            return None
+
+        _wait_for_interrupt(reconnects)
+    connection.close()
+    return 0

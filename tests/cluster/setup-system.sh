@@ -13,7 +13,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-apt-get install -y -qq --no-install-recommends openssh-server openssh-client procps >/dev/null
+apt-get install -y -qq --no-install-recommends openssh-server openssh-client procps curl \
+  >/dev/null
 
 # sshd refuses to start without its privilege-separation directory.
 install -d -m 755 /run/sshd

@@ -117,3 +117,49 @@ def _check_status_then_stop(tmp_path: Path, server: subprocess.Popen[bytes]) -> 
     gateway_pid = state["gateway"]["pid"]
     assert not Path(f"/proc/{gateway_pid}").exists()
     assert "no jlabgw server running" in jlabgw(tmp_path, "status").stdout
+
+
+def _read_until(proc: subprocess.Popen[str], marker: str, limit: int = 40) -> list[str]:
+    lines: list[str] = []
+    assert proc.stdout is not None
+    for _ in range(limit):  # bounded: the command prints a handful of lines
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if marker in line:
+            return lines
+    raise AssertionError(f"{marker!r} not printed; got {lines}")
+
+
+def _curl_line_works(lines: list[str]) -> None:
+    curl = next(line for line in lines if line.startswith("try:")).removeprefix("try:").strip()
+    done = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
+    assert '"kernelspecs"' in done.stdout, (curl, done.stdout, done.stderr)
+
+
+def test_tunnel_local_starts_a_gateway_and_prints_a_working_curl(tmp_path: Path) -> None:
+    env = server_env(tmp_path)
+    with subprocess.Popen(
+        [PYTHON, "-m", "jlabgw", "tunnel"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    ) as proc:
+        try:
+            lines = _read_until(proc, "Ctrl-C")
+            printed = "".join(lines)
+            assert "gateway: http://127.0.0.1:" in printed
+            assert "mode 0600" in printed
+            token_file = Path(printed.split("token:   in ", 1)[1].split(" ", 1)[0])
+            token = json.loads(token_file.read_text())["KernelGatewayApp"]["auth_token"]
+            assert token not in printed  # where the token is, never the token
+            _curl_line_works(lines)
+            proc.send_signal(2)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert not token_file.exists()  # the gateway and its secret file are gone

@@ -253,3 +253,53 @@ async def test_forwarder_carries_a_gateway_websocket_across_faults(
     finally:
         forwarder.stop()
         connection.close()
+
+
+def test_tunnel_command_forwards_and_reports_reconnects(
+    tmp_path: Path, sshd: SSHDServer, shared_backend: LocalBackend
+) -> None:
+    import anyio
+    import httpx
+
+    from tests.conftest import PYTHON, server_env
+
+    endpoint = anyio.run(shared_backend.start)
+    gw_port = endpoint.url.rsplit(":", 1)[1]
+    env = server_env(
+        tmp_path,
+        JLABGW_SSH_HOST=f"{sshd.user}@{sshd.host}:{sshd.port}",
+        JLABGW_SSH_KEY=str(sshd.client_key),
+        JLABGW_KNOWN_HOSTS=str(sshd.known_hosts),
+        JLABGW_SSH_CONFIG=str(tmp_path / "none"),
+    )
+    with subprocess.Popen(
+        [PYTHON, "-m", "jlabgw", "tunnel", "--remote", f"127.0.0.1:{gw_port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline() for _ in range(6)]
+            forwarding = next(line for line in lines if line.startswith("forwarding"))
+            url = forwarding.split()[1]
+            assert url.startswith("http://127.0.0.1:")
+            assert endpoint.token not in "".join(lines)
+            headers = {"Authorization": f"token {endpoint.token}"}
+            assert httpx.get(f"{url}/api/kernelspecs", headers=headers).status_code == 200
+
+            assert sshd.drop_connections() > 0
+            assert wait_until(
+                lambda: (
+                    httpx.get(f"{url}/api/kernelspecs", headers=headers, timeout=5).status_code
+                    == 200
+                ),
+                timeout=30,
+            )
+            assert proc.stdout.readline().startswith("reconnected to jlabgw-test@127.0.0.1")
+            proc.send_signal(2)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()

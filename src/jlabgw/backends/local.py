@@ -236,5 +236,9 @@ class LocalBackend(Backend):
                 "started_at": self._started_at,
                 "start_seconds": round(self._start_seconds, 3) if self._start_seconds else None,
                 "log": str(self._log_path) if self._log_path else None,
+                # where the token is (0600), never the token itself
+                "token_file": str(self._secret_dir / "kernel_gateway_config.json")
+                if running and self._secret_dir
+                else None,
             },
         }
