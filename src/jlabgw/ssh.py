@@ -345,14 +345,19 @@ class SSHConnection:
 
     def _close_chain(self) -> None:
         for client in reversed(self._chain):
+            transport = client.get_transport()
             client.close()
+            if transport is not None and transport is not threading.current_thread():
+                # its thread closes the socket, i.e. calls ProxyCommand.close(), on the way out
+                transport.join(timeout=5)
         self._chain = []
-        # paramiko's ProxyCommand.close() signals the process but neither reaps it nor
-        # closes its pipes.
+        # paramiko's ProxyCommand.close() signals the process but neither reaps it nor closes
+        # its pipes; reap only after the transport threads are done signalling it.
         for proxy in self._proxies:
-            with contextlib.suppress(OSError, paramiko.SSHException):
-                proxy.close()
             process = proxy.process
+            if process.poll() is None:
+                with contextlib.suppress(OSError):
+                    process.terminate()
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
