@@ -6,11 +6,13 @@
              ``mcp`` SDK client in the initialize-handshake mode Claude Desktop/Code use
 (r) reference: a bare fastmcp tool that only does the gateway call (``bare_mcp_server.py``),
              same transport and client: what (c) would cost with no sessions or notebook
+(t) tunnel:  with --tunnel, (b) through jlabgw's SSH forwarder and a real OpenSSH sshd on
+             127.0.0.1 (the test suite's: needs root and tests/cluster/setup-system.sh)
 
 The three paths are set up together and timed round-robin (one call each per round), so a
 change in the machine's load affects all of them alike. Prints median and p90 per path and the
 ratio of each median to the floor's.
-Usage: python benchmarks/latency.py [--n 300] [--warmup 30] [--json]
+Usage: python benchmarks/latency.py [--n 300] [--warmup 30] [--tunnel] [--json]
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 CODE = "1+1"
+REPO = Path(__file__).resolve().parent.parent  # for tests.sshd (the --tunnel path)
+sys.path.insert(0, str(REPO))
 
 
 def summarize(samples: list[float]) -> dict[str, float]:
@@ -116,16 +120,66 @@ async def reference_path() -> AsyncIterator[Callable[[], Awaitable[None]]]:
         yield once
 
 
-async def measure(n: int, warmup: int, workdir: Path) -> dict[str, list[float]]:
+@contextlib.asynccontextmanager
+async def tunnel_path(workdir: Path) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """(t) the gateway client through the SSH forwarder and a real sshd on 127.0.0.1."""
+    from tests.sshd import SSHDServer, unavailable_reason
+
+    from bare_mcp_server import local_kernel
+    from jlabgw.backends import GatewayEndpoint
+    from jlabgw.config import load_settings
+    from jlabgw.kernel import KernelConnection
+    from jlabgw.ssh import SSHConnection
+    from jlabgw.tunnel import Forwarder
+
+    reason = unavailable_reason()
+    if reason:
+        raise SystemExit(f"--tunnel: {reason}")
+    sshd = SSHDServer(workdir / "sshd")
+    sshd.setup()
+    sshd.start()
+    settings = load_settings(
+        environ={
+            "JLABGW_STATE_DIR": str(workdir / "state-tunnel"),
+            "JLABGW_SSH_KEY": str(sshd.client_key),
+            "JLABGW_KNOWN_HOSTS": str(sshd.known_hosts),
+            "JLABGW_SSH_CONFIG": str(workdir / "no-ssh-config"),
+        }
+    )
+    connection = SSHConnection(f"{sshd.user}@{sshd.host}:{sshd.port}", settings)
+    try:
+        async with local_kernel(str(workdir / "state-tunnel-gw")) as direct:
+            gw_port = int(direct.endpoint.url.rsplit(":", 1)[1])
+            with Forwarder(connection, "127.0.0.1", gw_port) as forwarder:
+                endpoint = GatewayEndpoint(url=forwarder.url, token=direct.endpoint.token)
+                conn = KernelConnection(endpoint, direct.kernel_id)
+
+                async def once() -> None:
+                    reply = await conn.execute(CODE)
+                    assert reply["content"]["status"] == "ok", reply
+
+                yield once
+                await conn.close()
+    finally:
+        connection.close()
+        sshd.stop()
+
+
+async def measure(n: int, warmup: int, workdir: Path, tunnel: bool) -> dict[str, list[float]]:
     """All paths set up at once and timed round-robin, so they share the machine's state."""
-    samples: dict[str, list[float]] = {name: [] for name in PATHS}
+    names = [*PATHS, TUNNEL] if tunnel else list(PATHS)
+    samples: dict[str, list[float]] = {name: [] for name in names}
     with Floor() as floor:
-        async with (
-            gateway_path(workdir) as gateway,
-            mcp_path(workdir) as mcp,
-            reference_path() as reference,
-        ):
-            paths = dict(zip(PATHS, (floor.once, gateway, mcp, reference), strict=True))
+        async with contextlib.AsyncExitStack() as stack:
+            runners = [
+                floor.once,
+                await stack.enter_async_context(gateway_path(workdir)),
+                await stack.enter_async_context(mcp_path(workdir)),
+                await stack.enter_async_context(reference_path()),
+            ]
+            if tunnel:
+                runners.append(await stack.enter_async_context(tunnel_path(workdir)))
+            paths = dict(zip(names, runners, strict=True))
             for i in range(warmup + n):
                 for name, once in paths.items():
                     t0 = time.perf_counter()
@@ -142,6 +196,7 @@ PATHS = (
     "execute_code over MCP stdio",
     "reference: bare fastmcp tool -> gateway",
 )
+TUNNEL = "gateway client through the SSH forwarder (sshd)"
 
 
 def main() -> int:
@@ -149,10 +204,13 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=300, help="timed round trips per path")
     parser.add_argument("--warmup", type=int, default=30, help="untimed round trips first")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--tunnel", action="store_true", help="add path (t): through SSH (root + test sshd)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="jlabgw-bench-") as tmp:
-        samples = asyncio.run(measure(args.n, args.warmup, Path(tmp)))
+        samples = asyncio.run(measure(args.n, args.warmup, Path(tmp), args.tunnel))
     results = {name: summarize(values) for name, values in samples.items()}
     floor = next(iter(results.values()))["median_ms"]
     for row in results.values():

@@ -305,3 +305,61 @@ def test_tunnel_command_forwards_and_reports_reconnects(
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_passphrase_key_through_ssh_agent(
+    tmp_path: Path, sshd: SSHDServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import pwd
+
+    locked = tmp_path / "locked_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "correct horse", "-f", str(locked)],
+        check=True,
+    )
+    authorized = Path(pwd.getpwnam(sshd.user).pw_dir) / ".ssh" / "authorized_keys"
+    original = authorized.read_text()
+    authorized.write_text(original + Path(f"{locked}.pub").read_text())
+    settings = ssh_settings(tmp_path, sshd, ssh_key=str(locked))
+    try:
+        # without an agent: a clear message about the passphrase
+        monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+        with pytest.raises(SSHAuthError, match=r"passphrase-protected.*ssh-add"):
+            SSHConnection(settings.ssh_host, settings).run(["true"])
+
+        # with the key unlocked in a real ssh-agent: works, no passphrase anywhere in jlabgw
+        sock = tmp_path / "agent.sock"
+        agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+        try:
+            assert wait_until(sock.exists, timeout=10)
+            askpass = tmp_path / "askpass.sh"
+            askpass.write_text("#!/bin/sh\necho 'correct horse'\n")
+            askpass.chmod(0o700)
+            env = dict(
+                os.environ,
+                SSH_AUTH_SOCK=str(sock),
+                SSH_ASKPASS=str(askpass),
+                SSH_ASKPASS_REQUIRE="force",
+                DISPLAY=":0",
+            )
+            subprocess.run(
+                ["ssh-add", str(locked)],
+                env=env,
+                check=True,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=20,
+            )
+            monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+            agent_only = ssh_settings(tmp_path, sshd, ssh_key="")
+            connection = SSHConnection(agent_only.ssh_host, agent_only)
+            try:
+                assert connection.run(["whoami"]).stdout == "jlabgw-test\n"
+            finally:
+                connection.close()
+        finally:
+            agent.terminate()
+            agent.wait(timeout=10)
+    finally:
+        authorized.write_text(original)

@@ -86,3 +86,17 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="frozen"):
         s.kernel_name = "x"  # type: ignore[misc]
     assert isinstance(s, Settings)
+
+
+def test_empty_optional_values_mean_unset(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.toml", "")
+    env = {
+        "JLABGW_CONFIG": str(cfg),
+        "JLABGW_SSH_KEY": "",
+        "JLABGW_SSH_PORT": " ",
+        "JLABGW_SSH_USER": "",
+    }
+    s = load_settings(environ=env)
+    assert (s.ssh_key, s.ssh_port, s.ssh_user) == (None, None, None)
+    with pytest.raises(ConfigError, match=r"JLABGW_SSH_PORT='70000'"):
+        load_settings(environ={"JLABGW_CONFIG": str(cfg), "JLABGW_SSH_PORT": "70000"})
