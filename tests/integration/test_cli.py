@@ -105,7 +105,10 @@ def _check_status_then_stop(tmp_path: Path, server: subprocess.Popen[bytes]) -> 
     assert wait_until(gateway_up, timeout=30, interval=0.3)
     [state] = json.loads(jlabgw(tmp_path, "status", "--json").stdout)
     assert state["pid"] == server.pid
-    assert "token" not in json.dumps(state).lower()
+    token_file = Path(state["gateway"]["token_file"])
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = json.loads(token_file.read_text())["KernelGatewayApp"]["auth_token"]
+    assert token not in json.dumps(state)  # where the token is, never the token
     human = jlabgw(tmp_path, "status").stdout
     assert f"server pid {server.pid}" in human
     assert "gateway: running http://127.0.0.1:" in human
