@@ -70,15 +70,50 @@ class Settings(BaseModel):
     ssh_timeout: float = Field(
         15.0, gt=0, description="Seconds to wait for an SSH connection (per hop) to be set up."
     )
+    # -- SLURM batch job ---------------------------------------------------------------------
+    job_name: str = Field("jlabgw", min_length=1, description="SLURM job name (reuse key).")
+    slurm_partition: str = Field("", description="--partition (empty: the cluster default).")
+    slurm_time: str = Field("08:00:00", description="--time walltime, e.g. 08:00:00.")
+    slurm_cpus: int = Field(4, ge=1, description="--cpus-per-task.")
+    slurm_mem: str = Field("", description="--mem, e.g. 32G (empty: the cluster default).")
+    slurm_gres: str = Field("", description="--gres, e.g. gpu:1 (empty: no GPU request).")
+    slurm_account: str = Field("", description="--account (empty: your default).")
+    slurm_qos: str = Field("", description="--qos (empty: the default).")
+    slurm_constraint: str = Field("", description="--constraint (empty: none).")
+    slurm_extra: str = Field(
+        "", description="Extra '#SBATCH ...' lines, one per line, added after the others."
+    )
+    batch_template: Path | None = Field(
+        None, description="Your own sbatch template (same placeholders as the built-in one)."
+    )
+    remote_setup: str = Field(
+        "", description="Shell lines run in the job before the gateway (module load, conda...)."
+    )
+    connection_dir: str = Field(
+        "~/.jlabgw/connections",
+        description="Directory on the cluster's shared filesystem for connection files.",
+    )
+    kernel_idle_timeout: int = Field(
+        3600, ge=0, description="Seconds before an idle kernel is culled in the job (0: never)."
+    )
+    job_idle_timeout: int = Field(
+        1800, ge=0, description="Seconds without any kernel before the job ends (0: never)."
+    )
 
     @field_validator(
-        "notebook_dir", "state_dir", "ssh_key", "ssh_config", "known_hosts", mode="after"
+        "notebook_dir",
+        "state_dir",
+        "ssh_key",
+        "ssh_config",
+        "known_hosts",
+        "batch_template",
+        mode="after",
     )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()
 
-    @field_validator("ssh_port", "ssh_user", "ssh_key", mode="before")
+    @field_validator("ssh_port", "ssh_user", "ssh_key", "batch_template", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``JLABGW_SSH_KEY=`` means "not set", not the current directory."""

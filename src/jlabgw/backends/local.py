@@ -28,6 +28,7 @@ import httpx
 from ..config import Settings
 from ..errors import GatewayStartError
 from ..fsutil import ensure_private_dir, write_private_file
+from ..job_supervisor import gateway_config
 from ..log import register_secret
 from .base import Backend, GatewayEndpoint
 
@@ -39,23 +40,12 @@ _PORT_ATTEMPTS = 5
 _POLL_INTERVAL = 0.02  # ready detection: the gateway answers ~1.6 s after exec here
 _STOP_GRACE = 10.0  # the gateway shuts kernels down on SIGTERM; that can take a few seconds
 _PORT_CLASH_MARKERS = ("no available port could be found", "Address already in use")
+NODELAY_CLASS_PATH = "jlabgw.gateway_ext.NoDelayChannelsConnection"
 
 
 def gateway_app_config(port: int, token: str) -> dict[str, Any]:
-    """Traitlets config for a gateway bound to loopback with our latency/size settings."""
-    return {
-        "KernelGatewayApp": {
-            "ip": "127.0.0.1",
-            "port": port,
-            "port_retries": 0,
-            "auth_token": token,
-            "kernel_websocket_connection_class": ("jlabgw.gateway_ext.NoDelayChannelsConnection"),
-        },
-        # Large outputs must reach the client whole (default: dropped at 10 MB/s).
-        "ZMQChannelsWebsocketConnection": {"limit_rate": False},
-        # GET /api/kernels is refused (403) by default; status and reattach need it.
-        "JupyterWebsocketPersonality": {"list_kernels": True},
-    }
+    """The batch job's gateway settings, with our NoDelay class importable as jlabgw."""
+    return gateway_config(port, token, connection_class=NODELAY_CLASS_PATH)
 
 
 def _free_port() -> int:

@@ -1,0 +1,224 @@
+"""Runs inside the batch job on the compute node: start Kernel Gateway, publish how to reach it.
+
+Standard library only (plus the Kernel Gateway it starts): the rendered sbatch script embeds
+this file and runs it with the job's Python, which need not have jlabgw installed.
+
+What it does, in order:
+
+1. ``umask 077``; a random token generated here, on the node: never in the script, argv or the
+   environment the kernels inherit. It lives in a 0600 gateway config file in a 0700 work dir.
+2. A free port on 127.0.0.1 and the gateway with ``port_retries=0``; on a clash it exits and
+   we retry on another port.
+3. Once an authenticated request succeeds, the connection file (host, port, token, job id) is
+   written atomically with mode 0600.
+4. SIGTERM (scancel, walltime) or SIGINT: remove the connection file, stop the gateway (which
+   shuts its kernels down), remove the work dir.
+5. Idle protection: the gateway culls kernels idle for ``--kernel-idle`` seconds; the job exits
+   once it has had no kernel for ``--job-idle`` seconds.
+
+Usage: python job_supervisor.py --connection-file F --work-dir D [--kernel-idle S] [--job-idle S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+PORT_ATTEMPTS = 5
+READY_TIMEOUT = 120.0
+POLL = 0.05
+IDLE_CHECK_EVERY = 10.0
+
+NODELAY_CLASS = "jlabgw_nodelay.NoDelayChannelsConnection"  # jlabgw/gateway_ext.py, shipped
+# into the work dir as jlabgw_nodelay.py by the batch script
+
+
+def log(message: str) -> None:
+    print(f"jlabgw-job: {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_private(path: Path, data: str) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def gateway_config(
+    port: int, token: str, kernel_idle: int = 0, connection_class: str = NODELAY_CLASS
+) -> dict[str, Any]:
+    """Traitlets config: loopback only, fixed port, TCP_NODELAY, no IOPub limit, culling."""
+    config: dict[str, Any] = {
+        "KernelGatewayApp": {
+            "ip": "127.0.0.1",
+            "port": port,
+            "port_retries": 0,
+            "auth_token": token,
+            "kernel_websocket_connection_class": connection_class,
+        },
+        "ZMQChannelsWebsocketConnection": {"limit_rate": False},
+        # GET /api/kernels is refused (403) by default; status, idle checks and reattach use it
+        "JupyterWebsocketPersonality": {"list_kernels": True},
+    }
+    if kernel_idle > 0:
+        config["MappingKernelManager"] = {
+            "cull_idle_timeout": kernel_idle,
+            "cull_interval": max(10, min(kernel_idle // 4, 300)),
+            "cull_connected": False,
+        }
+    return config
+
+
+def api(port: int, token: str, path: str, timeout: float = 5.0) -> Any:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"token {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback
+        return json.loads(response.read() or b"null")
+
+
+class Supervisor:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.connection_file = Path(args.connection_file)
+        self.work_dir = Path(args.work_dir)
+        self.kernel_idle = args.kernel_idle
+        self.job_idle = args.job_idle
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stopping = False
+
+    def start_gateway(self) -> tuple[int, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(self.work_dir), env.get("PYTHONPATH", "")) if p
+        )
+        env.pop("KG_AUTH_TOKEN", None)
+        last = ""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            port, token = free_port(), secrets.token_urlsafe(32)
+            config = self.work_dir / "kernel_gateway_config.json"
+            write_private(config, json.dumps(gateway_config(port, token, self.kernel_idle)))
+            log_file = (self.work_dir / "gateway.log").open("ab")
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kernel_gateway", f"--config={config}"],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+            log_file.close()
+            deadline = time.monotonic() + READY_TIMEOUT
+            while time.monotonic() < deadline and not self.stopping:
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    api(port, token, "/api/kernelspecs", timeout=2)
+                    return port, token
+                except (OSError, urllib.error.URLError):
+                    time.sleep(POLL)
+            code = self.proc.poll()
+            last = f"exit code {code}" if code is not None else "no answer"
+            self.stop_gateway()
+            if self.stopping:
+                break
+            log(f"gateway attempt {attempt} on port {port} failed ({last}); retrying")
+        raise SystemExit(
+            f"jlabgw-job: Kernel Gateway did not start ({last}); see "
+            f"{self.work_dir / 'gateway.log'}"
+        )
+
+    def stop_gateway(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        log(f"received {signal.Signals(signum).name}; shutting down")
+        self.stopping = True
+
+    def run(self) -> int:
+        os.umask(0o077)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self.on_signal)
+        self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.connection_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            port, token = self.start_gateway()
+            info = {
+                "host": socket.gethostname(),
+                "port": port,
+                "token": token,
+                "job_id": os.environ.get("SLURM_JOB_ID", ""),
+                "pid": os.getpid(),
+                "started_at": time.time(),
+            }
+            write_private(self.connection_file, json.dumps(info))
+            log(f"gateway ready on {info['host']}:127.0.0.1:{port}; connection file written")
+            self.watch(port, token)
+        finally:
+            self.connection_file.unlink(missing_ok=True)
+            self.stop_gateway()
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        return 0
+
+    def watch(self, port: int, token: str) -> None:
+        idle_since = time.monotonic()
+        next_check = 0.0
+        while not self.stopping:
+            if self.proc is None or self.proc.poll() is not None:
+                log("the gateway exited; ending the job")
+                return
+            now = time.monotonic()
+            if self.job_idle and now >= next_check:
+                next_check = now + min(IDLE_CHECK_EVERY, self.job_idle / 4)
+                try:
+                    kernels = api(port, token, "/api/kernels")
+                except (OSError, urllib.error.URLError, ValueError):
+                    kernels = None
+                if kernels:
+                    idle_since = now
+                elif kernels is not None and now - idle_since >= self.job_idle:
+                    log(f"no kernel for {self.job_idle} s; ending the job")
+                    return
+            time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="jlabgw's Kernel Gateway supervisor (in-job)")
+    parser.add_argument("--connection-file", required=True)
+    parser.add_argument("--work-dir", required=True)
+    parser.add_argument("--kernel-idle", type=int, default=3600)
+    parser.add_argument("--job-idle", type=int, default=1800)
+    return Supervisor(parser.parse_args(argv)).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
