@@ -12,6 +12,8 @@ import pytest
 
 from jlabgw.backends import LocalBackend
 from jlabgw.config import Settings, load_settings
+from tests.slurm import SlurmCluster
+from tests.slurm import unavailable_reason as slurm_unavailable_reason
 from tests.sshd import SSHDServer, unavailable_reason
 
 
@@ -77,3 +79,16 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A real one-node SLURM (munged, slurmctld, slurmd; see tests/slurm.py)."""
+    reason = slurm_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    cluster.setup()
+    cluster.start()
+    yield cluster
+    cluster.stop()

@@ -74,7 +74,7 @@ class Settings(BaseModel):
     job_name: str = Field("jlabgw", min_length=1, description="SLURM job name (reuse key).")
     slurm_partition: str = Field("", description="--partition (empty: the cluster default).")
     slurm_time: str = Field("08:00:00", description="--time walltime, e.g. 08:00:00.")
-    slurm_cpus: int = Field(4, ge=1, description="--cpus-per-task.")
+    slurm_cpus: int = Field(1, ge=1, description="--cpus-per-task (SLURM's default is 1).")
     slurm_mem: str = Field("", description="--mem, e.g. 32G (empty: the cluster default).")
     slurm_gres: str = Field("", description="--gres, e.g. gpu:1 (empty: no GPU request).")
     slurm_account: str = Field("", description="--account (empty: your default).")

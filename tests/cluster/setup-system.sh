@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-time, root-only set-up of this machine for the SSH (and later SLURM) integration tests:
 # Debian packages, the dedicated test user, and sshd's runtime directory. Idempotent.
-# The test sshd itself is started and stopped by the test suite (tests/sshd.py), from
-# tests/cluster/sshd_config.in, on 127.0.0.1 and a high port, with its own host key.
+# The services themselves are started and stopped by the test suite from files here:
+# sshd (tests/sshd.py, sshd_config.in: 127.0.0.1, a high port, its own host key) and a
+# one-node SLURM (tests/slurm.py, slurm.conf.in: munged, slurmctld, slurmd as root).
 set -euo pipefail
 
 TEST_USER="${JLABGW_TEST_USER:-jlabgw-test}"
@@ -14,7 +15,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -qq --no-install-recommends openssh-server openssh-client procps curl \
-  >/dev/null
+  slurm-wlm slurmctld slurmd slurm-client munge >/dev/null
 
 # sshd refuses to start without its privilege-separation directory.
 install -d -m 755 /run/sshd

@@ -92,9 +92,13 @@ def test_status_and_stop_a_running_server(tmp_path: Path) -> None:
         try:
             _check_status_then_stop(tmp_path, server)
         finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait()
+            if server.poll() is None:  # a failed check: stop it the graceful way (no orphans)
+                server.terminate()
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
 
 
 def _check_status_then_stop(tmp_path: Path, server: subprocess.Popen[bytes]) -> None:

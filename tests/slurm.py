@@ -1,0 +1,139 @@
+"""A real one-node SLURM (munged, slurmctld, slurmd) for the tests, from tests/cluster/.
+
+Needs root and Debian's slurm-wlm + munge (tests/cluster/setup-system.sh). Everything lives in
+one temporary directory; ``SLURM_CONF`` points the client commands at it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.helpers import wait_until
+
+CLUSTER = Path(__file__).parent / "cluster"
+
+
+def unavailable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "the test SLURM needs root"
+    for tool in ("slurmctld", "slurmd", "sbatch", "munged", "mungekey"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            return f"{tool} is not installed (run tests/cluster/setup-system.sh)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _tool(name: str) -> str:
+    return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+@dataclass
+class SlurmCluster:
+    root: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "slurm.conf"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def setup(self) -> None:
+        for sub in ("state", "spool", "munge"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        munge = self.root / "munge"
+        munge.chmod(0o755)  # munged: "execute permissions for all required" on the socket dir
+        key = munge / "munge.key"
+        if not key.exists():
+            subprocess.run([_tool("mungekey"), "-c", "-k", str(key)], check=True)
+        node_line = subprocess.run(
+            [_tool("slurmd"), "-C"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()[0]
+        nodename = node_line.split()[0].split("=", 1)[1]
+        config = (
+            (CLUSTER / "slurm.conf.in")
+            .read_text()
+            .format(
+                hostname=socket.gethostname(),
+                ctld_port=_free_port(),
+                slurmd_port=_free_port(),
+                munge_socket=munge / "munge.socket",
+                root=self.root,
+                node_line=node_line,
+                nodename=nodename,
+            )
+        )
+        self.conf.write_text(config)
+
+    def _spawn(self, argv: list[str], log: str) -> None:
+        with (self.root / log).open("ab") as out:
+            self.procs.append(
+                subprocess.Popen(
+                    argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+                )
+            )
+
+    def start(self) -> None:
+        munge = self.root / "munge"
+        self._spawn(
+            [
+                _tool("munged"),
+                "--foreground",
+                f"--key-file={munge / 'munge.key'}",
+                f"--socket={munge / 'munge.socket'}",
+                f"--pid-file={munge / 'munged.pid'}",
+                f"--log-file={munge / 'munged.log'}",
+                f"--seed-file={munge / 'munged.seed'}",
+                "--force",
+            ],
+            "munged.out",
+        )
+        if not wait_until((munge / "munge.socket").exists, timeout=15):
+            raise RuntimeError(f"munged did not start: {self._tail('munged.out')}")
+        self._spawn([_tool("slurmctld"), "-D", "-f", str(self.conf)], "slurmctld.out")
+        self._spawn([_tool("slurmd"), "-D", "-f", str(self.conf)], "slurmd.out")
+        if not wait_until(self._idle, timeout=60, interval=0.2):
+            raise RuntimeError(
+                f"SLURM did not come up: {self._tail('slurmctld.log')} {self._tail('slurmd.log')}"
+            )
+
+    def _tail(self, name: str) -> str:
+        with contextlib.suppress(OSError):
+            return (self.root / name).read_text()[-1500:]
+        return ""
+
+    def _idle(self) -> bool:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a SLURM daemon exited: {proc.args}")
+        done = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=self.env, timeout=10
+        )
+        return done.stdout.strip() == "idle"
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        self.procs = []
