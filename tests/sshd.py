@@ -84,8 +84,12 @@ class SSHDServer:
             os.chown(path, account.pw_uid, account.pw_gid)
         authorized.chmod(0o600)
         self.port = self.port or _free_port()
-        host_pub = Path(f"{host_key}.pub").read_text().split()
-        self.known_hosts.write_text(f"[{self.host}]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        kind, blob = Path(f"{host_key}.pub").read_text().split()[:2]
+        # under 127.0.0.1 and under this machine's name: the test SLURM's "compute node"
+        names = (self.host, socket.gethostname())
+        self.known_hosts.write_text(
+            "".join(f"[{name}]:{self.port} {kind} {blob}\n" for name in names)
+        )
         config = (
             (CLUSTER / "sshd_config.in")
             .read_text()

@@ -33,8 +33,9 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    backend: Literal["local"] = Field(
-        "local", description="Where the gateway runs. 'local': a subprocess on this machine."
+    backend: Literal["local", "slurm"] = Field(
+        "local",
+        description="Where the gateway runs: 'local' (a subprocess here) or 'slurm' (a batch job).",
     )
     notebook_dir: Path = Field(
         Path("notebooks"), description="Directory holding the notebooks; paths are confined to it."
@@ -99,6 +100,10 @@ class Settings(BaseModel):
     job_idle_timeout: int = Field(
         1800, ge=0, description="Seconds without any kernel before the job ends (0: never)."
     )
+    queue_timeout: float = Field(
+        600.0, gt=0, description="Seconds to wait for the job to start before giving up."
+    )
+    keep_job: bool = Field(False, description="Leave the batch job running when jlabgw exits.")
 
     @field_validator(
         "notebook_dir",

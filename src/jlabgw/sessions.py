@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
-from .backends.base import Backend
+from .backends.base import Backend, Progress
 from .config import Settings
 from .errors import (
     JlabgwError,
@@ -44,8 +44,6 @@ __all__ = ["ExecutionResult", "Progress", "Session", "SessionManager"]
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[float, float | None, str], Awaitable[None]]
-"""``await progress(done, total, message)``: report progress of a long operation."""
 
 _KERNEL_READY_TIMEOUT = 120.0
 
@@ -127,10 +125,10 @@ class SessionManager:
 
     # -- gateway -----------------------------------------------------------------------------
 
-    async def gateway(self) -> GatewayClient:
+    async def gateway(self, progress: Progress | None = None) -> GatewayClient:
         """The REST client for the backend's gateway, starting the gateway if needed."""
         async with self._gateway_lock:
-            endpoint = await self.backend.start()
+            endpoint = await self.backend.start(progress)
             if self._gateway is None or self._gateway.endpoint != endpoint:
                 if self._gateway is not None:
                     await self._gateway.aclose()
@@ -175,7 +173,7 @@ class SessionManager:
 
     async def _start_kernel(self, progress: Progress) -> tuple[KernelConnection, dict[str, Any]]:
         await progress(0, None, "starting the gateway")
-        gw = await self.gateway()
+        gw = await self.gateway(progress)
         name = self.settings.kernel_name
         specs = await self.kernelspecs()
         if name not in specs.get("kernelspecs", {}):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import getpass
 import hashlib
 import logging
@@ -237,17 +238,24 @@ class SSHConnection:
         target: str,
         settings: Settings,
         *,
+        port: int | None = None,
+        jump: str | None = None,
         on_reconnect: Callable[[int], None] | None = None,
     ) -> None:
+        """``port`` overrides ``JLABGW_SSH_PORT`` (compute nodes use their own); ``jump`` makes
+        the connection go through that host (the login node), replacing any ProxyJump/Command."""
         self.settings = settings
         self._config = load_ssh_config(settings.ssh_config)
-        self.spec = resolve_host(
+        spec = resolve_host(
             target,
             self._config,
-            port=settings.ssh_port,
+            port=port or settings.ssh_port,
             user=settings.ssh_user,
             key=settings.ssh_key,
         )
+        if jump:
+            spec = dataclasses.replace(spec, proxy_jump=(jump,), proxy_command=None)
+        self.spec = spec
         self._chain: list[paramiko.SSHClient] = []
         self._proxies: list[paramiko.ProxyCommand] = []
         self._lock = threading.RLock()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-__all__ = ["Backend", "GatewayEndpoint"]
+__all__ = ["Backend", "GatewayEndpoint", "Progress"]
+
+Progress = Callable[[float, float | None, str], Awaitable[None]]
+"""``await progress(done, total, message)``: report progress of a long operation."""
 
 
 @dataclass(frozen=True)
@@ -27,8 +31,10 @@ class Backend(abc.ABC):
     name: ClassVar[str]
 
     @abc.abstractmethod
-    async def start(self) -> GatewayEndpoint:
-        """Start the gateway if needed and return its endpoint. Safe to call concurrently."""
+    async def start(self, progress: Progress | None = None) -> GatewayEndpoint:
+        """Start the gateway if needed and return its endpoint. Safe to call concurrently.
+
+        ``progress`` hears about slow steps (a batch job waiting in the queue)."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:

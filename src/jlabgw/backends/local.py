@@ -30,7 +30,7 @@ from ..errors import GatewayStartError
 from ..fsutil import ensure_private_dir, write_private_file
 from ..job_supervisor import gateway_config
 from ..log import register_secret
-from .base import Backend, GatewayEndpoint
+from .base import Backend, GatewayEndpoint, Progress
 
 __all__ = ["LocalBackend", "gateway_app_config"]
 
@@ -72,7 +72,7 @@ class LocalBackend(Backend):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> GatewayEndpoint:
+    async def start(self, progress: Progress | None = None) -> GatewayEndpoint:
         async with self._lock:
             if self._endpoint is not None and self._proc is not None:
                 if self._proc.poll() is None:

@@ -1,0 +1,275 @@
+"""The ``slurm`` backend: Kernel Gateway in a batch job, reached through an SSH tunnel.
+
+1. On the login node (over SSH when ``JLABGW_SSH_HOST`` is set, else here): reuse this user's
+   running job of this name recorded in the state file, or render the batch script, write it
+   to the connection dir and ``sbatch`` it.
+2. Wait for RUNNING, reporting the pending reason as progress; a reason the job cannot get
+   past (PartitionConfig, InvalidAccount ...) cancels it at once with an explanation, and
+   ``JLABGW_QUEUE_TIMEOUT`` gives up with the last reason.
+3. Read the 0600 connection file the job writes once its gateway answers.
+4. SSH to the compute node (through the login node when there is one) and forward a local
+   port to the gateway on the node's 127.0.0.1.
+
+On close the job is cancelled unless ``JLABGW_KEEP_JOB`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any, ClassVar
+
+from ..batch import render_batch_script
+from ..config import Settings
+from ..errors import BackendError, CommandError, JlabgwError
+from ..fsutil import ensure_private_dir, write_private_file
+from ..log import register_secret
+from ..remote import Host, host_for
+from ..slurm import JobStatus, SlurmClient, hopeless_reason
+from ..ssh import SSHConnection
+from ..tunnel import Forwarder
+from .base import Backend, GatewayEndpoint, Progress
+
+__all__ = ["SlurmBackend"]
+
+log = logging.getLogger(__name__)
+
+_POLL_START = 0.25
+_POLL_MAX = 2.0
+
+
+class SlurmBackend(Backend):
+    name: ClassVar[str] = "slurm"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = asyncio.Lock()
+        self._host: Host | None = None
+        self._slurm: SlurmClient | None = None
+        self._job_id: str | None = None
+        self._status: JobStatus | None = None
+        self._node: str | None = None
+        self._conn_dir: str | None = None
+        self._endpoint: GatewayEndpoint | None = None
+        self._node_conn: SSHConnection | None = None
+        self._forwarder: Forwarder | None = None
+        self._state_file = settings.state_dir / f"slurm-{settings.job_name}.json"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, progress: Progress | None = None) -> GatewayEndpoint:
+        async with self._lock:
+            if self._endpoint is not None and await asyncio.to_thread(self._still_running):
+                return self._endpoint
+            if self._endpoint is not None:
+                log.warning("batch job %s is gone; starting a new one", self._job_id)
+            await asyncio.to_thread(self._drop_tunnel)
+            self._endpoint = await self._bring_up(progress)
+            return self._endpoint
+
+    def _still_running(self) -> bool:
+        assert self._slurm is not None
+        assert self._job_id is not None
+        self._status = self._slurm.status(self._job_id)
+        return self._status.running
+
+    async def _bring_up(self, progress: Progress | None) -> GatewayEndpoint:
+        report = progress or _silent
+        if self._host is None:
+            self._host = host_for(self._settings)
+            self._slurm = SlurmClient(self._host)
+        await report(0, None, f"contacting SLURM on {self._host.where}")
+        self._conn_dir = await asyncio.to_thread(self._connection_dir)
+        self._job_id = await asyncio.to_thread(self._reuse_or_submit)
+        await self._wait_running(report)
+        info = await self._wait_connection_file(report)
+        register_secret(info["token"])
+        self._node = str(info["host"])
+        await report(0, None, f"opening an SSH tunnel to {self._node}")
+        return await asyncio.to_thread(self._open_tunnel, info)
+
+    def _connection_dir(self) -> str:
+        assert self._host is not None
+        configured = self._settings.connection_dir
+        if configured.startswith("~"):
+            home = self._host.run(["sh", "-c", 'printf %s "$HOME"']).stdout.strip()
+            configured = home + configured[1:]
+        self._host.run(["mkdir", "-p", "-m", "700", configured])
+        return configured
+
+    def _reuse_or_submit(self) -> str:
+        assert self._host is not None
+        assert self._slurm is not None
+        assert self._conn_dir
+        recorded = self._recorded_job()
+        if recorded:
+            status = self._slurm.status(recorded)
+            if status.active and status.name == self._settings.job_name:
+                log.info("reusing batch job %s (%s)", recorded, status.state)
+                return recorded
+        script = f"{self._conn_dir}/{self._settings.job_name}.sbatch"
+        self._host.write_bytes(script, render_batch_script(self._settings).encode(), mode=0o600)
+        job_id = self._slurm.submit(script, extra_args=[f"--output={self._conn_dir}/jlabgw-%j.log"])
+        log.info("submitted batch job %s on %s", job_id, self._host.where)
+        ensure_private_dir(self._state_file.parent)
+        write_private_file(
+            self._state_file,
+            json.dumps({"job_id": job_id, "where": self._host.where}).encode(),
+        )
+        return job_id
+
+    def _recorded_job(self) -> str | None:
+        try:
+            data = json.loads(self._state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        job_id = data.get("job_id")
+        return str(job_id) if job_id else None
+
+    async def _wait_running(self, report: Progress) -> None:
+        assert self._slurm is not None
+        assert self._job_id is not None
+        job_id = self._job_id
+        t0 = time.monotonic()
+        delay = _POLL_START
+        while True:
+            status = await asyncio.to_thread(self._slurm.status, job_id)
+            self._status = status
+            if status.running:
+                return
+            waited = time.monotonic() - t0
+            if not status.active:
+                raise BackendError(
+                    f"batch job {job_id} ended ({status.state}) before its gateway started; "
+                    f"its log is {self._conn_dir}/jlabgw-{job_id}.log on {self._where}"
+                )
+            hopeless = hopeless_reason(status)
+            if hopeless or waited > self._settings.queue_timeout:
+                await asyncio.to_thread(self._cancel_quietly, job_id)
+                why = hopeless or (
+                    f"still {status.state} after {self._settings.queue_timeout:.0f} s "
+                    "(JLABGW_QUEUE_TIMEOUT)"
+                )
+                raise BackendError(
+                    f"batch job {job_id} cannot start: {why} (SLURM reason: "
+                    f"{status.reason or 'none given'}); it was cancelled. Adjust the "
+                    "JLABGW_SLURM_* settings or try again later"
+                )
+            await report(
+                waited,
+                None,
+                f"job {job_id} {status.state.lower()}: "
+                f"{status.reason or 'waiting'} ({waited:.0f} s)",
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, _POLL_MAX)
+
+    async def _wait_connection_file(self, report: Progress) -> dict[str, Any]:
+        assert self._host is not None
+        assert self._slurm is not None
+        assert self._job_id
+        path = f"{self._conn_dir}/jlabgw-{self._job_id}.json"
+        await report(0, None, f"job {self._job_id} running; waiting for its gateway")
+        deadline = time.monotonic() + self._settings.gateway_start_timeout
+        delay = _POLL_START
+        while time.monotonic() < deadline:
+            try:
+                data = await asyncio.to_thread(self._host.read_bytes, path)
+                info: dict[str, Any] = json.loads(data)
+                return info
+            except FileNotFoundError:
+                pass
+            except ValueError:
+                pass  # written atomically, so this means a foreign file: wait for ours
+            status = await asyncio.to_thread(self._slurm.status, self._job_id)
+            if not status.active:
+                raise BackendError(
+                    f"batch job {self._job_id} ended ({status.state}) before its gateway "
+                    f"answered; see {self._conn_dir}/jlabgw-{self._job_id}.log on {self._where}"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, _POLL_MAX)
+        raise BackendError(
+            f"batch job {self._job_id} is running but its gateway did not answer within "
+            f"{self._settings.gateway_start_timeout:.0f} s (JLABGW_GATEWAY_START_TIMEOUT); "
+            f"see {self._conn_dir}/jlabgw-{self._job_id}.log on {self._where}. Does "
+            "JLABGW_REMOTE_SETUP give a Python with jupyter-kernel-gateway and ipykernel?"
+        )
+
+    def _open_tunnel(self, info: dict[str, Any]) -> GatewayEndpoint:
+        self._node_conn = SSHConnection(
+            str(info["host"]),
+            self._settings,
+            port=self._settings.compute_ssh_port,
+            jump=self._settings.ssh_host or None,
+        )
+        self._node_conn.transport  # noqa: B018 - connect now: errors belong to this call
+        self._forwarder = Forwarder(self._node_conn, "127.0.0.1", int(info["port"])).start()
+        return GatewayEndpoint(url=self._forwarder.url, token=str(info["token"]))
+
+    @property
+    def _where(self) -> str:
+        return self._host.where if self._host else "the login node"
+
+    def _cancel_quietly(self, job_id: str) -> None:
+        assert self._slurm is not None
+        with contextlib.suppress(JlabgwError):
+            self._slurm.cancel(job_id)
+
+    def _drop_tunnel(self) -> None:
+        if self._forwarder is not None:
+            self._forwarder.stop()
+            self._forwarder = None
+        if self._node_conn is not None:
+            self._node_conn.close()
+            self._node_conn = None
+        self._endpoint = None
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close_now)
+
+    def close_now(self) -> None:
+        self._drop_tunnel()
+        if self._job_id and not self._settings.keep_job:
+            log.info("cancelling batch job %s", self._job_id)
+            with contextlib.suppress(CommandError, JlabgwError):
+                self._cancel_quietly(self._job_id)
+            self._state_file.unlink(missing_ok=True)
+            self._job_id = None
+        if self._host is not None:
+            self._host.close()
+            self._host = None
+            self._slurm = None
+
+    # -- status ------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        status = self._status
+        return {
+            "backend": self.name,
+            "gateway": {
+                "state": "running"
+                if self._endpoint
+                else ("starting" if self._lock.locked() else "stopped"),
+                "url": self._endpoint.url if self._endpoint else None,
+                "pid": None,
+                "token_file": f"{self._conn_dir}/jlabgw-{self._job_id}.json on {self._where}"
+                if self._endpoint
+                else None,
+            },
+            "job": {
+                "id": self._job_id,
+                "state": status.state if status else None,
+                "reason": status.reason if status else None,
+                "node": self._node or (status.node if status else None),
+                "time_left": status.time_left if status else None,
+                "where": self._where,
+            },
+        }
+
+
+async def _silent(done: float, total: float | None, message: str) -> None:
+    return None
