@@ -26,6 +26,7 @@ Tree::
     ├── SessionError                a session-level request cannot be served
     │   ├── UnknownSessionError     no session with that id
     │   ├── SessionBusyError        the notebook is already held by another session
+    │   ├── SessionLostError        the gateway (batch job) behind the session is gone
     │   └── CellIndexError          no cell at that index
     └── NotebookError               a notebook cannot be read, written or placed
         └── PathOutsideNotebookDirError
@@ -55,6 +56,7 @@ __all__ = [
     "SSHError",
     "SessionBusyError",
     "SessionError",
+    "SessionLostError",
     "UnknownSessionError",
 ]
 
@@ -144,6 +146,10 @@ class UnknownSessionError(SessionError):
 
 class SessionBusyError(SessionError):
     """The notebook is already attached to another live session."""
+
+
+class SessionLostError(SessionError):
+    """The gateway or batch job behind a session ended: its kernel state is gone."""
 
 
 class CellIndexError(SessionError):

@@ -28,9 +28,12 @@ from nbformat.v4 import new_code_cell, new_markdown_cell
 from .backends.base import Backend, Progress
 from .config import Settings
 from .errors import (
+    ConnectionLostError,
+    GatewayError,
     JlabgwError,
     KernelNotFoundError,
     SessionBusyError,
+    SessionLostError,
     UnknownSessionError,
 )
 from .gateway import GatewayClient
@@ -400,7 +403,11 @@ class SessionManager:
             recorder = OutputRecorder(doc, cell, session.displays)
             started.set_result(recorder)
             session.executions += 1
-            reply = await session.conn.execute(cell.source, recorder)
+            try:
+                reply = await session.conn.execute(cell.source, recorder)
+            except (ConnectionLostError, GatewayError) as exc:
+                await self._raise_if_lost(session, exc)
+                raise
             content = reply.get("content", {})
             with doc.editing():
                 cell.execution_count = content.get("execution_count")
@@ -414,6 +421,22 @@ class SessionManager:
                 notebook_path=doc.path,
                 warnings=warnings,
             )
+
+    async def _raise_if_lost(self, session: Session, exc: Exception) -> None:
+        """Turn a dead gateway or ended job into an error that says how to carry on."""
+        why = await self.backend.lost()
+        if why is None:
+            return
+        self._sessions.pop(session.id, None)
+        self._on_change()
+        await session.conn.close()
+        await asyncio.to_thread(session.doc.flush)
+        raise SessionLostError(
+            f"{why}: session {session.id}'s kernel and its variables are gone. The notebook "
+            f"{session.doc.path.name} is intact; start_session_resume_notebook with "
+            f"notebook_path={session.doc.path.name!r} re-runs it on a new "
+            f"{'job' if self.backend.name == 'slurm' else 'gateway'}"
+        ) from exc
 
     async def add_markdown(self, session_id: str, markdown: str) -> dict[str, Any]:
         session = self.get(session_id)

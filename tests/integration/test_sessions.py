@@ -269,3 +269,26 @@ async def test_unknown_kernel_name(tmp_path: Path, shared_backend: LocalBackend)
             await m.start_new("x")
     finally:
         await m.aclose()
+
+
+async def test_dead_local_gateway_is_reported_with_how_to_resume(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from jlabgw.errors import SessionLostError
+
+    backend = LocalBackend(make_settings(tmp_path))
+    manager = SessionManager(backend._settings, backend)
+    try:
+        info = await manager.start_new("doomed")
+        await manager.execute(info["session_id"], "v = 1")
+        assert backend.pid is not None
+        os.kill(backend.pid, signal.SIGKILL)
+        with pytest.raises(SessionLostError, match=r"local Kernel Gateway exited.*doomed\.ipynb"):
+            await manager.execute(info["session_id"], "v")
+        resumed = await manager.resume("again", "doomed.ipynb")  # starts a new gateway
+        out = await manager.execute(resumed["session_id"], "v + 1")
+        assert outputs_to_text(out.outputs) == "2\n"
+    finally:
+        await manager.aclose()
+        await backend.aclose()

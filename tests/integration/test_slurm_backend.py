@@ -105,3 +105,48 @@ async def test_a_job_that_cannot_fit_fails_fast_with_the_reason(
         timeout=10,
     )
     assert listed.stdout.strip() == ""
+
+
+async def test_job_ended_mid_session_then_resume_on_a_new_job(
+    tmp_path: Path, slurm: SlurmCluster, sshd: SSHDServer
+) -> None:
+    env = slurm_env(tmp_path, slurm, sshd, JLABGW_JOB_NAME="jlabgw-ended")
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            sid = await new_session(client, "fragile")
+            first = await call(client, "execute_code", session_id=sid, code="x = 41")
+            assert not first.is_error, text_of(first)
+            state = await status(client)
+            old_job = state["job"]["id"]
+            notebook = Path(state["sessions"][0]["notebook_path"])
+
+            subprocess.run(["scancel", old_job], env=slurm.env, timeout=30, check=True)
+            assert wait_until(lambda: squeue(slurm, old_job) == "", timeout=60)
+
+            lost = await call(client, "execute_code", session_id=sid, code="x + 1")
+            assert lost.is_error
+            message = text_of(lost)
+            assert f"batch job {old_job} is no longer running" in message
+            assert "kernel and its variables are gone" in message
+            assert f"notebook_path='{notebook.name}'" in message
+            gone = await call(client, "execute_code", session_id=sid, code="x")
+            assert "unknown session_id" in text_of(gone)
+
+            resumed = await call(
+                client,
+                "start_session_resume_notebook",
+                experiment_name="again",
+                notebook_path=notebook.name,
+            )
+            assert not resumed.is_error, text_of(resumed)
+            info = resumed.structured_content
+            assert info["executed_cells"] == 2  # "x = 41", and the cell the lost call added
+            assert info["failed_cells"] == []
+            out = await call(client, "execute_code", session_id=info["session_id"], code="x + 1")
+            assert text_of(out) == "42\n"
+            new_job = (await status(client))["job"]["id"]
+            assert new_job != old_job
+    assert wait_until(lambda: squeue(slurm, new_job) == "", timeout=60)
+    cells = nbformat.read(notebook, as_version=4).cells
+    assert [c.source for c in cells] == ["x = 41", "x + 1", "x + 1"]
+    assert [c.execution_count for c in cells] == [1, 2, 3]  # each ran once, on the new job

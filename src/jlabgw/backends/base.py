@@ -37,6 +37,10 @@ class Backend(abc.ABC):
         ``progress`` hears about slow steps (a batch job waiting in the queue)."""
 
     @abc.abstractmethod
+    async def lost(self) -> str | None:
+        """If the gateway is gone for good (process died, job ended), say why; else None."""
+
+    @abc.abstractmethod
     async def aclose(self) -> None:
         """Stop everything this backend started. Idempotent."""
 

@@ -178,6 +178,12 @@ class LocalBackend(Backend):
             return ""
         return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
 
+    async def lost(self) -> str | None:
+        proc = self._proc
+        if proc is not None and proc.poll() is not None:
+            return f"the local Kernel Gateway exited (code {proc.returncode})"
+        return None
+
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close_now)
 

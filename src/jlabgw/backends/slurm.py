@@ -228,6 +228,19 @@ class SlurmBackend(Backend):
             self._node_conn = None
         self._endpoint = None
 
+    async def lost(self) -> str | None:
+        if self._job_id is None or self._slurm is None:
+            return None
+        job_id = self._job_id
+        status = await asyncio.to_thread(self._slurm.status, job_id)
+        self._status = status
+        if status.running:
+            return None
+        await asyncio.to_thread(self._drop_tunnel)  # the next start submits a new job
+        self._state_file.unlink(missing_ok=True)
+        self._job_id = None
+        return f"batch job {job_id} is no longer running ({status.state})"
+
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close_now)
 
