@@ -263,6 +263,14 @@ def _print_state(state: dict[str, Any]) -> None:
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.get("started_at", 0)))
     print(f"server pid {state['pid']} (since {started}), backend {state.get('backend')}")
     print(f"  gateway: {gw.get('state')} {gw.get('url') or ''} pid {gw.get('pid')}")
+    job = state.get("job")
+    if job and job.get("id"):
+        print(
+            f"  job: {job['id']} {job.get('state') or '?'} on {job.get('node') or '?'}, "
+            f"time left {job.get('time_left') or '?'}"
+            + (f" (reason: {job['reason']})" if job.get("reason") else "")
+            + f" [{job.get('where')}]"
+        )
     print(f"  notebooks: {state.get('notebook_dir')}")
     sessions = state.get("sessions") or []
     print(f"  sessions: {len(sessions)}")

@@ -130,8 +130,8 @@ class SessionManager:
 
     async def gateway(self, progress: Progress | None = None) -> GatewayClient:
         """The REST client for the backend's gateway, starting the gateway if needed."""
-        async with self._gateway_lock:
-            endpoint = await self.backend.start(progress)
+        async with self.backend.watching(progress), self._gateway_lock:
+            endpoint = await self.backend.start()
             if self._gateway is None or self._gateway.endpoint != endpoint:
                 if self._gateway is not None:
                     await self._gateway.aclose()

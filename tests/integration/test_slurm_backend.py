@@ -150,3 +150,98 @@ async def test_job_ended_mid_session_then_resume_on_a_new_job(
     cells = nbformat.read(notebook, as_version=4).cells
     assert [c.source for c in cells] == ["x = 41", "x + 1", "x + 1"]
     assert [c.execution_count for c in cells] == [1, 2, 3]  # each ran once, on the new job
+
+
+def jlabgw_status(tmp_path: Path, env: dict[str, str]) -> str:
+    from tests.conftest import PYTHON, server_env
+
+    return subprocess.run(
+        [PYTHON, "-m", "jlabgw", "status"],
+        capture_output=True,
+        text=True,
+        env=server_env(tmp_path, **env),
+        timeout=60,
+    ).stdout
+
+
+async def test_one_job_many_sessions_and_reuse_by_a_restarted_server(
+    tmp_path: Path, slurm: SlurmCluster, sshd: SSHDServer
+) -> None:
+    env = slurm_env(tmp_path, slurm, sshd, JLABGW_JOB_NAME="jlabgw-reuse", JLABGW_KEEP_JOB="1")
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            first = await new_session(client, "a")
+            second = await new_session(client, "b")
+            for sid, value in ((first, "1"), (second, "2")):
+                out = await call(client, "execute_code", session_id=sid, code=value)
+                assert text_of(out) == f"{value}\n"
+            state = await status(client)
+            job = state["job"]["id"]
+            assert len(state["sessions"]) == 2
+            shown = jlabgw_status(tmp_path, env)
+            assert f"job: {job} RUNNING on " in shown
+            assert "time left" in shown
+    assert squeue(slurm, job) == "RUNNING"  # JLABGW_KEEP_JOB: left running
+    with (tmp_path / "server2.log").open("w") as log:
+        async with serve(tmp_path, log, **{**env, "JLABGW_KEEP_JOB": "0"}) as client:
+            sid = await new_session(client, "c")
+            out = await call(client, "execute_code", session_id=sid, code="'reused'")
+            assert text_of(out) == "'reused'\n"
+            assert (await status(client))["job"]["id"] == job
+    assert wait_until(lambda: squeue(slurm, job) == "", timeout=60)
+
+
+async def test_pending_reason_reaches_the_client_as_progress(
+    tmp_path: Path, slurm: SlurmCluster, sshd: SSHDServer
+) -> None:
+    import anyio
+
+    blocker = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--job-name=blocker",
+            "--cpus-per-task=2",
+            f"--output={tmp_path}/blocker.out",
+            "--wrap",
+            "sleep 300",
+        ],
+        capture_output=True,
+        text=True,
+        env=slurm.env,
+        cwd=tmp_path,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    env = slurm_env(tmp_path, slurm, sshd, JLABGW_JOB_NAME="jlabgw-queued")
+    try:
+        assert wait_until(lambda: squeue(slurm, blocker) == "RUNNING", timeout=30)
+        with (tmp_path / "server.log").open("w") as log:
+            async with serve(tmp_path, log, **env) as client:
+                async with anyio.create_task_group() as tg:
+                    result: list[object] = []
+
+                    async def start() -> None:
+                        result.append(
+                            await client.call_tool(
+                                "start_new_session",
+                                {"experiment_name": "queued"},
+                                progress_callback=on_progress,
+                            )
+                        )
+
+                    tg.start_soon(start)
+                    with anyio.move_on_after(60):
+                        while not any("pending: Resources" in m for m in messages):
+                            await anyio.sleep(0.2)
+                    assert any("pending: Resources" in m for m in messages), messages[-5:]
+                    subprocess.run(["scancel", blocker], env=slurm.env, timeout=30, check=True)
+                started = result[0]
+                assert not getattr(started, "is_error", True), text_of(started)
+    finally:
+        subprocess.run(["scancel", blocker], env=slurm.env, timeout=30, check=False)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 __all__ = ["Backend", "GatewayEndpoint", "Progress"]
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[float, float | None, str], Awaitable[None]]
 """``await progress(done, total, message)``: report progress of a long operation."""
@@ -30,11 +35,40 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
 
+    def __init__(self) -> None:
+        self._watchers: list[asyncio.Queue[tuple[float, float | None, str]]] = []
+
+    @contextlib.asynccontextmanager
+    async def watching(self, progress: Progress | None) -> AsyncIterator[None]:
+        """Let ``progress`` hear about slow start-up steps while the caller waits.
+
+        Every waiting caller hears them, also one that only waits for a start already under
+        way (the eager start at server launch, say). Each caller's updates are sent from a
+        relay task created in the caller's own task: an MCP tool's progress needs that
+        task's request context, which the task doing the start does not have."""
+        if progress is None:
+            yield
+            return
+        queue: asyncio.Queue[tuple[float, float | None, str]] = asyncio.Queue()
+        self._watchers.append(queue)
+        relay = asyncio.create_task(_relay(queue, progress))
+        try:
+            yield
+        finally:
+            self._watchers.remove(queue)
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+
+    async def report(self, done: float, total: float | None, message: str) -> None:
+        for queue in list(self._watchers):
+            queue.put_nowait((done, total, message))
+
     @abc.abstractmethod
-    async def start(self, progress: Progress | None = None) -> GatewayEndpoint:
+    async def start(self) -> GatewayEndpoint:
         """Start the gateway if needed and return its endpoint. Safe to call concurrently.
 
-        ``progress`` hears about slow steps (a batch job waiting in the queue)."""
+        Slow steps (a batch job waiting in the queue) go to :meth:`report`."""
 
     @abc.abstractmethod
     async def lost(self) -> str | None:
@@ -51,3 +85,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """Status for humans and the status resource. Never includes secrets."""
+
+
+async def _relay(queue: asyncio.Queue[tuple[float, float | None, str]], progress: Progress) -> None:
+    while True:
+        done, total, message = await queue.get()
+        try:
+            await progress(done, total, message)
+        except Exception:  # a client that went away must not break the start
+            log.debug("progress watcher failed", exc_info=True)

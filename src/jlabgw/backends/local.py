@@ -30,7 +30,7 @@ from ..errors import GatewayStartError
 from ..fsutil import ensure_private_dir, write_private_file
 from ..job_supervisor import gateway_config
 from ..log import register_secret
-from .base import Backend, GatewayEndpoint, Progress
+from .base import Backend, GatewayEndpoint
 
 __all__ = ["LocalBackend", "gateway_app_config"]
 
@@ -61,6 +61,7 @@ class LocalBackend(Backend):
     name: ClassVar[str] = "local"
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__()
         self._settings = settings
         self._lock = asyncio.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -72,7 +73,7 @@ class LocalBackend(Backend):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, progress: Progress | None = None) -> GatewayEndpoint:
+    async def start(self) -> GatewayEndpoint:
         async with self._lock:
             if self._endpoint is not None and self._proc is not None:
                 if self._proc.poll() is None:

@@ -45,6 +45,7 @@ class SlurmBackend(Backend):
     name: ClassVar[str] = "slurm"
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__()
         self._settings = settings
         self._lock = asyncio.Lock()
         self._host: Host | None = None
@@ -60,14 +61,14 @@ class SlurmBackend(Backend):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, progress: Progress | None = None) -> GatewayEndpoint:
+    async def start(self) -> GatewayEndpoint:
         async with self._lock:
             if self._endpoint is not None and await asyncio.to_thread(self._still_running):
                 return self._endpoint
             if self._endpoint is not None:
                 log.warning("batch job %s is gone; starting a new one", self._job_id)
             await asyncio.to_thread(self._drop_tunnel)
-            self._endpoint = await self._bring_up(progress)
+            self._endpoint = await self._bring_up(self.report)
             return self._endpoint
 
     def _still_running(self) -> bool:
@@ -76,8 +77,7 @@ class SlurmBackend(Backend):
         self._status = self._slurm.status(self._job_id)
         return self._status.running
 
-    async def _bring_up(self, progress: Progress | None) -> GatewayEndpoint:
-        report = progress or _silent
+    async def _bring_up(self, report: Progress) -> GatewayEndpoint:
         if self._host is None:
             self._host = host_for(self._settings)
             self._slurm = SlurmClient(self._host)
@@ -282,7 +282,3 @@ class SlurmBackend(Backend):
                 "where": self._where,
             },
         }
-
-
-async def _silent(done: float, total: float | None, message: str) -> None:
-    return None
