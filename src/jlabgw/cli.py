@@ -31,7 +31,7 @@ def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     group = common.add_argument_group("settings (override JLABGW_* and the config file)")
     group.add_argument("--config", metavar="FILE", help="TOML config file (JLABGW_CONFIG)")
-    group.add_argument("--backend", choices=["local"], help="where the gateway runs")
+    group.add_argument("--backend", choices=["local", "slurm"], help="where the gateway runs")
     group.add_argument("--notebook-dir", metavar="DIR", help="notebook directory")
     group.add_argument("--state-dir", metavar="DIR", help="private state directory")
     group.add_argument("--kernel-name", metavar="NAME", help="kernel spec for new sessions")
