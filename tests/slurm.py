@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 
 CLUSTER = Path(__file__).parent / "cluster"
 
@@ -27,13 +27,6 @@ def unavailable_reason() -> str | None:
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             return f"{tool} is not installed (run tests/cluster/setup-system.sh)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _tool(name: str) -> str:
@@ -70,8 +63,8 @@ class SlurmCluster:
             .read_text()
             .format(
                 hostname=socket.gethostname(),
-                ctld_port=_free_port(),
-                slurmd_port=_free_port(),
+                ctld_port=free_port(),
+                slurmd_port=free_port(),
                 munge_socket=munge / "munge.socket",
                 root=self.root,
                 node_line=node_line,

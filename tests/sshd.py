@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 
 CLUSTER = Path(__file__).parent / "cluster"
 TEST_USER = os.environ.get("JLABGW_TEST_USER", "jlabgw-test")
@@ -35,13 +35,6 @@ def unavailable_reason() -> str | None:
     except KeyError:
         return f"user {TEST_USER} does not exist (run tests/cluster/setup-system.sh)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -83,7 +76,7 @@ class SSHDServer:
         for path in (ssh_dir, authorized):
             os.chown(path, account.pw_uid, account.pw_gid)
         authorized.chmod(0o600)
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         kind, blob = Path(f"{host_key}.pub").read_text().split()[:2]
         # under 127.0.0.1 and under this machine's name: the test SLURM's "compute node"
         names = (self.host, socket.gethostname())

@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import httpx
 from ..config import Settings
 from ..errors import GatewayStartError
 from ..fsutil import ensure_private_dir, write_private_file
+from ..job_supervisor import free_port as _free_port
 from ..job_supervisor import gateway_config
 from ..log import register_secret
 from .base import Backend, GatewayEndpoint
@@ -46,13 +46,6 @@ NODELAY_CLASS_PATH = "jlabgw.gateway_ext.NoDelayChannelsConnection"
 def gateway_app_config(port: int, token: str) -> dict[str, Any]:
     """The batch job's gateway settings, with our NoDelay class importable as jlabgw."""
     return gateway_config(port, token, connection_class=NODELAY_CLASS_PATH)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class LocalBackend(Backend):
