@@ -140,7 +140,10 @@ def test_proxyjump_through_a_second_hop(tmp_path: Path, sshd: SSHDServer) -> Non
         assert connection.spec.keepalive == 7
         assert connection.run(["whoami"]).stdout == "jlabgw-test\n"
         assert len(connection._chain) == 2  # jump host, then the target through it
-        assert not isinstance(connection.transport.sock, type(None))
+        # the target's socket is a direct-tcpip channel of the jump connection, not a TCP socket
+        import paramiko
+
+        assert isinstance(connection.transport.sock, paramiko.Channel)
     finally:
         connection.close()
 
