@@ -48,6 +48,9 @@ OnMessage = Callable[[Message], None]
 
 _OPEN_TIMEOUT = 30.0
 _REOPEN_DELAYS = (0.0, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0)  # bounded: ~16 s plus connect timeouts
+# After the reply, IOPub must end with ``status: idle``. If IOPub goes quiet for this long
+# instead (a lost subscription), the request completes rather than waiting forever.
+IDLE_GRACE = 10.0
 
 
 @dataclass
@@ -58,10 +61,31 @@ class _Pending:
     idle: bool = False
     wait_idle: bool = True
     extra: list[Message] = field(default_factory=list)
+    grace: asyncio.TimerHandle | None = None
 
     def maybe_finish(self) -> None:
-        if self.reply is not None and (self.idle or not self.wait_idle) and not self.done.done():
+        if self.done.done() or self.reply is None:
+            return
+        if self.idle or not self.wait_idle:
+            self._cancel_grace()
             self.done.set_result(self.reply)
+        else:  # replied, IOPub not idle yet: (re)arm the quiet timer
+            self._cancel_grace()
+            self.grace = asyncio.get_running_loop().call_later(IDLE_GRACE, self._give_up_idle)
+
+    def _give_up_idle(self) -> None:
+        if not self.done.done() and self.reply is not None:
+            log.warning(
+                "no IOPub idle status %.0f s after the reply to %s; completing without it",
+                IDLE_GRACE,
+                self.reply.get("parent_header", {}).get("msg_id", "?"),
+            )
+            self.done.set_result(self.reply)
+
+    def _cancel_grace(self) -> None:
+        if self.grace is not None:
+            self.grace.cancel()
+            self.grace = None
 
 
 class KernelConnection:
@@ -147,6 +171,27 @@ class KernelConnection:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         self._fail_all(ConnectionLostError("the kernel connection was closed"))
+
+    async def reset(self, error: Exception) -> None:
+        """Start over on a fresh WebSocket after the kernel was restarted.
+
+        Requests in flight fail with ``error`` (a restarted kernel never answers them). The
+        gateway keeps its ZMQ sockets across a restart, and IOPub published before they
+        reconnect is lost, so a request sent right away could wait forever for its
+        ``status: idle``. A new WebSocket makes the gateway nudge the kernel until IOPub
+        flows before it accepts messages (JupyterLab reconnects after a restart too).
+        """
+        async with self._connect_lock:
+            self._fail_all(error)
+            reader, self._reader = self._reader, None
+            ws, self._ws = self._ws, None
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+            if ws is not None:
+                await ws.close()
+        await self.connect()
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -294,6 +339,8 @@ class KernelConnection:
         if pending is None:
             return
         if channel == "iopub":
+            if pending.grace is not None:
+                pending.maybe_finish()  # IOPub is still talking: restart the quiet timer
             if pending.on_iopub is not None:
                 pending.on_iopub(msg)
         elif channel == "shell" or channel == "control":
@@ -305,5 +352,6 @@ class KernelConnection:
 
     def _fail_all(self, error: Exception) -> None:
         for pending in list(self._pending.values()):
+            pending._cancel_grace()
             if not pending.done.done():
                 pending.done.set_exception(error)

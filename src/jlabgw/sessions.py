@@ -31,6 +31,7 @@ from .errors import (
     ConnectionLostError,
     GatewayError,
     JlabgwError,
+    KernelDiedError,
     KernelNotFoundError,
     SessionBusyError,
     SessionLostError,
@@ -453,6 +454,12 @@ class SessionManager:
     async def restart(self, session_id: str) -> str:
         session = self.get(session_id)
         await (await self.gateway()).restart_kernel(session.kernel_id)
+        await session.conn.reset(
+            KernelDiedError(
+                f"the kernel of session {session_id} was restarted (restart_kernel) while this "
+                "cell ran; its variables are gone and the cell did not finish"
+            )
+        )
         session.displays = DisplayIndex()
         session.kernel_state = "idle"
         return (

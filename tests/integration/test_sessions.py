@@ -15,6 +15,7 @@ from jlabgw.backends import LocalBackend
 from jlabgw.config import Settings
 from jlabgw.errors import (
     CellIndexError,
+    KernelDiedError,
     KernelNotFoundError,
     PathOutsideNotebookDirError,
     SessionBusyError,
@@ -35,6 +36,18 @@ png = (b'\\x89PNG\\r\\n\\x1a\\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 1, 1, 
        + chunk(b'IDAT', zlib.compress(b'\\x00\\xff\\x00\\x00')) + chunk(b'IEND', b''))
 display(Image(data=png))
 """
+
+
+async def started(manager: SessionManager, sid: str, marker: str, timeout: float = 30) -> None:
+    """Wait (bounded) until the session's last cell has printed ``marker``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        cells = manager.get(sid).doc.nb.cells
+        if cells and marker in outputs_to_text(cells[-1].outputs):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the cell did not print {marker!r} within {timeout} s")
 
 
 @pytest.fixture
@@ -203,8 +216,10 @@ async def test_shutdown_restart_interrupt(manager: SessionManager) -> None:
     kernel_id = manager.get(sid).kernel_id
     await manager.execute(sid, "keep = 1")
 
-    running = asyncio.create_task(manager.execute(sid, "import time; time.sleep(60)"))
-    await asyncio.sleep(0.5)
+    running = asyncio.create_task(
+        manager.execute(sid, "import time; print('asleep', flush=True); time.sleep(60)")
+    )
+    await started(manager, sid, "asleep")  # an interrupt before the cell starts is a no-op
     await manager.interrupt(sid)
     interrupted = await asyncio.wait_for(running, timeout=20)
     assert "KeyboardInterrupt" in outputs_to_text(interrupted.outputs)
@@ -222,6 +237,29 @@ async def test_shutdown_restart_interrupt(manager: SessionManager) -> None:
     gateway = await manager.gateway()
     with pytest.raises(KernelNotFoundError):
         await gateway.get_kernel(kernel_id)
+
+
+async def test_restart_while_a_cell_runs_fails_it_and_the_next_cell_completes(
+    manager: SessionManager,
+) -> None:
+    sid = (await manager.start_new("restart-busy"))["session_id"]
+    running = asyncio.create_task(
+        manager.execute(sid, "import time; print('asleep', flush=True); time.sleep(60)")
+    )
+    await started(manager, sid, "asleep")
+    await manager.restart(sid)
+    with pytest.raises(KernelDiedError, match="restarted"):
+        await asyncio.wait_for(running, timeout=20)
+    # Right after a restart the gateway's IOPub subscription is new; several quick cells in a
+    # row must each see their idle status (none may hang waiting for it).
+    for i in range(5):
+        result = await asyncio.wait_for(manager.execute(sid, f"print({i})"), timeout=30)
+        assert outputs_to_text(result.outputs) == f"{i}\n"
+        await manager.restart(sid)
+    manager.writer.flush()
+    nb = on_disk(manager.get(sid).doc.path)
+    assert nb.cells[0].outputs[0].text.startswith("asleep")
+    assert len(nb.cells) == 6
 
 
 async def test_cancelled_caller_leaves_the_cell_running(manager: SessionManager) -> None:

@@ -1,0 +1,95 @@
+"""KernelConnection against a scripted WebSocket peer (the transport is the one faked boundary).
+
+A kernel that replies but whose ``status: idle`` never reaches us (IOPub lost, e.g. right after
+a restart) must not hang the caller forever; IOPub that keeps talking after the reply must not
+be cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from jlabgw import kernel as kernel_module
+from jlabgw.backends.base import GatewayEndpoint
+from jlabgw.kernel import KernelConnection
+
+pytestmark = pytest.mark.anyio
+
+Script = Callable[[ServerConnection, dict[str, Any]], Any]
+
+
+def reply_to(request: dict[str, Any], channel: str, msg_type: str, content: dict[str, Any]) -> str:
+    return json.dumps(
+        {
+            "channel": channel,
+            "msg_type": msg_type,
+            "header": {"msg_id": f"{msg_type}-{request['header']['msg_id']}", "msg_type": msg_type},
+            "parent_header": request["header"],
+            "metadata": {},
+            "content": content,
+        }
+    )
+
+
+@contextlib.asynccontextmanager
+async def peer(script: Script) -> AsyncIterator[GatewayEndpoint]:
+    async def handler(ws: ServerConnection) -> None:
+        async for raw in ws:
+            await script(ws, json.loads(raw))
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield GatewayEndpoint(url=f"http://127.0.0.1:{port}", token="t")
+
+
+async def test_a_reply_without_idle_completes_after_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kernel_module, "IDLE_GRACE", 0.3)
+
+    async def no_idle(ws: ServerConnection, req: dict[str, Any]) -> None:
+        await ws.send(reply_to(req, "iopub", "status", {"execution_state": "busy"}))
+        await ws.send(
+            reply_to(req, "shell", "execute_reply", {"status": "ok", "execution_count": 1})
+        )
+
+    async with peer(no_idle) as endpoint:
+        conn = KernelConnection(endpoint, "k1")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        reply = await asyncio.wait_for(conn.execute("1"), timeout=5)
+        waited = loop.time() - t0
+        await conn.close()
+    assert reply["content"]["execution_count"] == 1
+    assert waited >= 0.3  # it did wait for the idle that never came
+
+
+async def test_output_after_the_reply_keeps_the_request_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kernel_module, "IDLE_GRACE", 0.3)
+
+    async def slow_iopub(ws: ServerConnection, req: dict[str, Any]) -> None:
+        await ws.send(
+            reply_to(req, "shell", "execute_reply", {"status": "ok", "execution_count": 2})
+        )
+        for i in range(5):  # 5 x 0.2 s = 1 s of output, each gap shorter than the grace
+            await asyncio.sleep(0.2)
+            await ws.send(reply_to(req, "iopub", "stream", {"name": "stdout", "text": f"{i}\n"}))
+        await ws.send(reply_to(req, "iopub", "status", {"execution_state": "idle"}))
+
+    seen: list[str] = []
+    async with peer(slow_iopub) as endpoint:
+        conn = KernelConnection(endpoint, "k2")
+        await asyncio.wait_for(
+            conn.execute("1", lambda m: seen.append(m["content"].get("text", ""))), timeout=5
+        )
+        await conn.close()
+    assert "".join(seen) == "0\n1\n2\n3\n4\n"
