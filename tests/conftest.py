@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,8 +89,29 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     reason = slurm_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    cluster.setup()
-    cluster.start()
-    yield cluster
-    cluster.stop()
+    # not under pytest's 0700 temp dir: the test user must read the config (tests/slurm.py)
+    root = Path(tempfile.mkdtemp(prefix="jlabgw-slurm-"))
+    cluster = SlurmCluster(root)
+    try:
+        cluster.setup()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def login_node(
+    tmp_path_factory: pytest.TempPathFactory, slurm: SlurmCluster
+) -> Iterator[SSHDServer]:
+    """An sshd that acts as the cluster's login node: SLURM's commands work in its sessions
+    (SLURM_CONF set by sshd's SetEnv, as a site's profile would) for the non-root test user."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    server = SSHDServer(tmp_path_factory.mktemp("login"), set_env={"SLURM_CONF": str(slurm.conf)})
+    server.setup()
+    server.start()
+    yield server
+    server.stop()

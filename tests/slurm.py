@@ -1,7 +1,9 @@
 """A real one-node SLURM (munged, slurmctld, slurmd) for the tests, from tests/cluster/.
 
 Needs root and Debian's slurm-wlm + munge (tests/cluster/setup-system.sh). Everything lives in
-one temporary directory; ``SLURM_CONF`` points the client commands at it.
+one temporary directory; ``SLURM_CONF`` points the client commands at it. That directory is
+world-readable (pytest's own temp dirs are 0700), so the non-root test user, logged in over
+SSH as on a login node, can read the config and reach munged's socket.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class SlurmCluster:
             )
         )
         self.conf.write_text(config)
+        self.root.chmod(0o755)
+        self.conf.chmod(0o644)
 
     def _spawn(self, argv: list[str], log: str) -> None:
         with (self.root / log).open("ab") as out:

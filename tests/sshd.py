@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.helpers import free_port, wait_until
@@ -44,6 +44,8 @@ class SSHDServer:
     root: Path
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    # environment for every session (sshd's SetEnv): a login node's SLURM_CONF, say
+    set_env: dict[str, str] = field(default_factory=dict)
 
     host = "127.0.0.1"
     user = TEST_USER
@@ -55,6 +57,11 @@ class SSHDServer:
     @property
     def known_hosts(self) -> Path:
         return self.root / "known_hosts"
+
+    @property
+    def authorized_keys(self) -> Path:
+        # one file per server: two servers (sshd, login node) must not overwrite each other
+        return Path(pwd.getpwnam(self.user).pw_dir) / ".ssh" / f"authorized_keys.{self.root.name}"
 
     @property
     def log(self) -> Path:
@@ -71,7 +78,7 @@ class SSHDServer:
         account = pwd.getpwnam(self.user)
         ssh_dir = Path(account.pw_dir) / ".ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
-        authorized = ssh_dir / "authorized_keys"
+        authorized = self.authorized_keys
         authorized.write_text(Path(f"{self.client_key}.pub").read_text())
         for path in (ssh_dir, authorized):
             os.chown(path, account.pw_uid, account.pw_gid)
@@ -94,6 +101,7 @@ class SSHDServer:
                 user=self.user,
             )
         )
+        config += "".join(f"SetEnv {k}={v}\n" for k, v in self.set_env.items())
         (self.root / "sshd_config").write_text(config)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
 

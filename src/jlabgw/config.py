@@ -104,6 +104,11 @@ class Settings(BaseModel):
         600.0, gt=0, description="Seconds to wait for the job to start before giving up."
     )
     keep_job: bool = Field(False, description="Leave the batch job running when jlabgw exits.")
+    eager_start: bool = Field(
+        True,
+        description="Start the gateway (submit the job) when the server starts, not on the "
+        "first tool call.",
+    )
 
     @field_validator(
         "notebook_dir",

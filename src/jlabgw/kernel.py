@@ -20,7 +20,7 @@ import json
 import logging
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,9 +92,18 @@ class KernelConnection:
     """Request/reply over a kernel's channels WebSocket, with IOPub routed per request."""
 
     def __init__(
-        self, endpoint: GatewayEndpoint, kernel_id: str, session_id: str | None = None
+        self,
+        endpoint: GatewayEndpoint,
+        kernel_id: str,
+        session_id: str | None = None,
+        *,
+        lost: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
+        """``lost`` says why the gateway behind ``endpoint`` is gone for good (a dead process,
+        an ended job), or None: asked before retrying a dropped WebSocket, so a dead job is
+        reported at once instead of after the whole reconnect schedule."""
         self.endpoint = endpoint
+        self._lost = lost
         self.kernel_id = kernel_id
         self.session_id = session_id or uuid.uuid4().hex
         self._session = Session(session=self.session_id, username="jlabgw")
@@ -192,6 +201,10 @@ class KernelConnection:
             if ws is not None:
                 await ws.close()
         await self.connect()
+
+    async def gateway_lost(self) -> str | None:
+        """Why this kernel's gateway is gone for good, or None (also when nobody can tell)."""
+        return await self._lost() if self._lost is not None else None
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -308,6 +321,13 @@ class KernelConnection:
                 log.info(
                     "reopening kernel %s WebSocket, attempt %d: %s", self.kernel_id, attempt, exc
                 )
+                try:
+                    why = await self.gateway_lost()
+                except JlabgwError as probe_error:  # cannot tell (login node down too): retry
+                    log.info("cannot tell whether the gateway is gone: %s", probe_error)
+                    continue
+                if why:
+                    raise ConnectionLostError(why) from exc
                 continue
             log.info("kernel %s WebSocket reopened (attempt %d)", self.kernel_id, attempt)
             self.reopens += 1

@@ -224,18 +224,19 @@ def build_server(settings: Settings) -> FastMCP[dict[str, Any]]:
         state = ServerStateFile(settings.state_dir)
         sessions = SessionManager(settings, backend, on_change=lambda: state.update(sessions))
         state.update(sessions)
-        # Start the gateway now so the first tool call does not wait for it; a failure is
-        # reported (again) by that first call.
-        warmup = asyncio.create_task(_warm_up(sessions))
+        # Start the gateway (submit the job) now so the first tool call waits less; a failure
+        # is reported (again) by that first call.
+        warmup = asyncio.create_task(_warm_up(sessions)) if settings.eager_start else None
         try:
             yield {"sessions": sessions}
         finally:
             # Shielded: on SIGTERM/SIGINT we get here inside a cancelled scope, and every
             # await below would be cancelled at once; bounded so a hung kernel cannot block exit.
             with anyio.move_on_after(_SHUTDOWN_TIMEOUT, shield=True):
-                warmup.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await warmup
+                if warmup is not None:
+                    warmup.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await warmup
                 try:
                     await sessions.aclose()
                 finally:

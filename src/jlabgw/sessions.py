@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -187,8 +188,11 @@ class SessionManager:
                 "set JLABGW_KERNEL_NAME"
             )
         await progress(0, None, f"starting a {name} kernel")
+        generation = self.backend.generation
         model = await gw.start_kernel(name)
-        conn = KernelConnection(gw.endpoint, model["id"])
+        conn = KernelConnection(
+            gw.endpoint, model["id"], lost=functools.partial(self.backend.lost_since, generation)
+        )
         try:
             async with asyncio.timeout(_KERNEL_READY_TIMEOUT):
                 reply = await conn.kernel_info()
@@ -425,7 +429,7 @@ class SessionManager:
 
     async def _raise_if_lost(self, session: Session, exc: Exception) -> None:
         """Turn a dead gateway or ended job into an error that says how to carry on."""
-        why = await self.backend.lost()
+        why = await session.conn.gateway_lost()
         if why is None:
             return
         self._sessions.pop(session.id, None)

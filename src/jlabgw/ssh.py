@@ -253,8 +253,18 @@ class SSHConnection:
             user=settings.ssh_user,
             key=settings.ssh_key,
         )
+        # The login node as a jump host takes the JLABGW_SSH_* settings, as it does when
+        # jlabgw connects to it directly; other hops come from ~/.ssh/config alone.
+        self._hop_specs: dict[str, HostSpec] = {}
         if jump:
             spec = dataclasses.replace(spec, proxy_jump=(jump,), proxy_command=None)
+            self._hop_specs[jump] = resolve_host(
+                jump,
+                self._config,
+                port=settings.ssh_port,
+                user=settings.ssh_user,
+                key=settings.ssh_key,
+            )
         self.spec = spec
         self._chain: list[paramiko.SSHClient] = []
         self._proxies: list[paramiko.ProxyCommand] = []
@@ -272,10 +282,10 @@ class SSHConnection:
         sock: Any = None
         try:
             if spec.proxy_jump:
-                first = resolve_host(spec.proxy_jump[0], self._config)
+                first = self._hop(spec.proxy_jump[0])
                 chain = self._open_chain(first, depth + 1)
                 for hop in spec.proxy_jump[1:]:
-                    hop_spec = resolve_host(hop, self._config)
+                    hop_spec = self._hop(hop)
                     chain.append(
                         _connect_hop(
                             hop_spec,
@@ -296,6 +306,9 @@ class SSHConnection:
                 client.close()
             raise
         return chain
+
+    def _hop(self, name: str) -> HostSpec:
+        return self._hop_specs.get(name) or resolve_host(name, self._config)
 
     def _channel_via(self, client: paramiko.SSHClient, spec: HostSpec) -> paramiko.Channel:
         transport = client.get_transport()

@@ -15,7 +15,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -qq --no-install-recommends openssh-server openssh-client procps curl \
-  slurm-wlm slurmctld slurmd slurm-client munge >/dev/null
+  slurm-wlm slurmctld slurmd slurm-client munge python3 python3-venv >/dev/null
 
 # sshd refuses to start without its privilege-separation directory.
 install -d -m 755 /run/sshd
@@ -29,3 +29,16 @@ fi
 usermod -p '*' "$TEST_USER"
 install -d -m 700 -o "$TEST_USER" -g "$TEST_USER" "/home/$TEST_USER/.ssh"
 echo "test user $TEST_USER ready"
+
+# The Python that batch jobs of the test user run the gateway with, as a site's module or
+# conda env would provide it. Built from Debian's python3: the project's own venv may hang off
+# a Python under /root (mode 0700), which a job running as the test user cannot execute.
+JOB_VENV="${JLABGW_TEST_JOB_VENV:-/opt/jlabgw-test/job-venv}"
+if ! "$JOB_VENV/bin/python" -c 'import kernel_gateway, ipykernel' >/dev/null 2>&1; then
+  rm -rf "$JOB_VENV"
+  /usr/bin/python3 -m venv "$JOB_VENV"
+  "$JOB_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+    jupyter-kernel-gateway ipykernel
+fi
+chmod -R a+rX "$JOB_VENV"
+echo "job Python $JOB_VENV ready"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,25 @@ async def test_tools_errors_and_a_cell_in_process(tmp_path: Path) -> None:
         assert result.meta is not None
         assert result.meta["cell_index"] == 0
         assert result.meta["execution_count"] == 1
+
+
+@pytest.mark.parametrize("eager", [True, False])
+async def test_eager_start_brings_the_gateway_up_before_any_tool_call(
+    tmp_path: Path, eager: bool
+) -> None:
+    server = build_server(make_settings(tmp_path, eager_start="1" if eager else "0"))
+    async with Client(server) as client:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        state = None
+        while loop.time() < deadline:
+            contents = await client.read_resource("jlabgw://server/status")
+            status = json.loads(getattr(contents[0], "text", "{}"))
+            state = status["gateway"]["state"]
+            if state == "running" or not eager:
+                break
+            await asyncio.sleep(0.1)
+        assert state == ("running" if eager else "stopped")
+        # lazy or not, the first session works
+        started = await client.call_tool("start_new_session", {"experiment_name": "eager"})
+        assert started.data["session_id"]

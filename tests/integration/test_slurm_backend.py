@@ -4,13 +4,17 @@ in the job -> SSH tunnel to the "compute node" (this machine, via the test sshd)
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
 
+from tests.conftest import server_env
 from tests.helpers import wait_until
 from tests.integration.test_mcp_stdio import call, new_session, serve, status, text_of
 from tests.slurm import SlurmCluster
@@ -152,6 +156,44 @@ async def test_job_ended_mid_session_then_resume_on_a_new_job(
     assert [c.execution_count for c in cells] == [1, 2, 3]  # each ran once, on the new job
 
 
+async def test_job_ended_during_a_running_cell_is_reported_without_retrying(
+    tmp_path: Path, slurm: SlurmCluster, sshd: SSHDServer
+) -> None:
+    import anyio
+
+    env = slurm_env(tmp_path, slurm, sshd, JLABGW_JOB_NAME="jlabgw-busy-end")
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            sid = await new_session(client, "long cell")
+            job = (await status(client))["job"]["id"]
+            async with anyio.create_task_group() as tg:
+                result: list[Any] = []
+
+                async def run() -> None:
+                    result.append(
+                        await call(
+                            client,
+                            "execute_code",
+                            session_id=sid,
+                            code="import time; print('started', flush=True); time.sleep(300)",
+                        )
+                    )
+
+                tg.start_soon(run)
+                await anyio.sleep(1.0)
+                subprocess.run(["scancel", job], env=slurm.env, timeout=30, check=True)
+                with anyio.fail_after(120):  # far less than the cell's 300 s
+                    while not result:
+                        await anyio.sleep(0.1)
+            message = text_of(result[0])
+            assert result[0].is_error
+            assert f"batch job {job} is no longer running" in message
+            assert "start_session_resume_notebook" in message
+    # the dead job was found by asking SLURM after the first failed reopen, not after the
+    # whole reconnect schedule
+    assert "WebSocket, attempt 2" not in (tmp_path / "server.log").read_text()
+
+
 def jlabgw_status(tmp_path: Path, env: dict[str, str]) -> str:
     from tests.conftest import PYTHON, server_env
 
@@ -245,3 +287,74 @@ async def test_pending_reason_reaches_the_client_as_progress(
                 assert not getattr(started, "is_error", True), text_of(started)
     finally:
         subprocess.run(["scancel", blocker], env=slurm.env, timeout=30, check=False)
+
+
+JOB_VENV = Path(os.environ.get("JLABGW_TEST_JOB_VENV", "/opt/jlabgw-test/job-venv"))
+
+
+def login_env(tmp_path: Path, login: SSHDServer, **extra: str) -> dict[str, str]:
+    """The MCP server on a "laptop": no SLURM here; everything goes through the login node."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {
+        "HOME": str(home),
+        "JLABGW_BACKEND": "slurm",
+        "JLABGW_SSH_HOST": login.host,
+        "JLABGW_SSH_PORT": str(login.port),
+        "JLABGW_SSH_USER": login.user,
+        "JLABGW_SSH_KEY": str(login.client_key),
+        "JLABGW_KNOWN_HOSTS": str(login.known_hosts),
+        "JLABGW_SSH_CONFIG": str(tmp_path / "no-ssh-config"),
+        # the node's sshd is the login node's here (one machine)
+        "JLABGW_COMPUTE_SSH_PORT": str(login.port),
+        # how a site provides the gateway's Python: module load, conda, or a venv like this
+        "JLABGW_REMOTE_SETUP": f". {JOB_VENV}/bin/activate",
+        "JLABGW_SLURM_TIME": "00:10:00",
+        "JLABGW_JOB_IDLE_TIMEOUT": "0",
+        **extra,
+    }
+
+
+async def test_submission_over_ssh_as_the_cluster_user(
+    tmp_path: Path, slurm: SlurmCluster, login_node: SSHDServer
+) -> None:
+    if not (JOB_VENV / "bin" / "python").exists():
+        pytest.skip(f"no job Python at {JOB_VENV} (run tests/cluster/setup-system.sh)")
+    env = login_env(tmp_path, login_node, JLABGW_JOB_NAME="jlabgw-login")
+    assert "SLURM_CONF" not in server_env(tmp_path, **env)  # SLURM is only reachable via SSH
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            sid = await new_session(client, "from the laptop")
+            out = await call(
+                client,
+                "execute_code",
+                session_id=sid,
+                code="import getpass, sys; print(getpass.getuser(), sys.prefix); 6 * 7",
+            )
+            assert not out.is_error, text_of(out)
+            assert text_of(out) == f"{login_node.user} {JOB_VENV}\n42\n"
+            state = await status(client)
+            job = state["job"]
+            assert job["state"] == "RUNNING"
+            listed = subprocess.run(
+                ["squeue", "-h", "-j", job["id"], "-o", "%u %j"],
+                capture_output=True,
+                text=True,
+                env=slurm.env,
+                timeout=10,
+            ).stdout.strip()
+            assert listed == f"{login_node.user} jlabgw-login"
+            account = pwd.getpwnam(login_node.user)
+            conn_file = (
+                Path(account.pw_dir) / ".jlabgw" / "connections" / f"jlabgw-{job['id']}.json"
+            )
+            info = conn_file.stat()
+            assert (info.st_mode & 0o777, info.st_uid) == (0o600, account.pw_uid)
+            token = json.loads(conn_file.read_text())["token"]
+            notebook = state["sessions"][0]["notebook_path"]
+    # the client's exit cancels the job over SSH
+    assert wait_until(lambda: squeue(slurm, job["id"]) == "", timeout=60)
+    assert wait_until(lambda: not conn_file.exists(), timeout=30)
+    nb = nbformat.read(notebook, as_version=4)  # the notebook is local, on the laptop
+    assert nb.cells[0].outputs[-1]["data"]["text/plain"] == "42"
+    assert token not in (tmp_path / "server.log").read_text()

@@ -314,14 +314,13 @@ def test_passphrase_key_through_ssh_agent(
     tmp_path: Path, sshd: SSHDServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import os
-    import pwd
 
     locked = tmp_path / "locked_key"
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "correct horse", "-f", str(locked)],
         check=True,
     )
-    authorized = Path(pwd.getpwnam(sshd.user).pw_dir) / ".ssh" / "authorized_keys"
+    authorized = sshd.authorized_keys
     original = authorized.read_text()
     authorized.write_text(original + Path(f"{locked}.pub").read_text())
     settings = ssh_settings(tmp_path, sshd, ssh_key=str(locked))

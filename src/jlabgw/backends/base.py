@@ -37,6 +37,11 @@ class Backend(abc.ABC):
 
     def __init__(self) -> None:
         self._watchers: list[asyncio.Queue[tuple[float, float | None, str]]] = []
+        # Bumped each time a new gateway (process, batch job) comes up. A kernel belongs to
+        # the generation it was started on; once that one is lost, the answer stays the same
+        # for every session on it, whatever the backend has started since.
+        self.generation = 0
+        self._lost_reasons: dict[int, str] = {}
 
     @contextlib.asynccontextmanager
     async def watching(self, progress: Progress | None) -> AsyncIterator[None]:
@@ -72,7 +77,22 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def lost(self) -> str | None:
-        """If the gateway is gone for good (process died, job ended), say why; else None."""
+        """If the current gateway is gone for good (process died, job ended), say why."""
+
+    async def lost_since(self, generation: int) -> str | None:
+        """Why the gateway of ``generation`` is gone for good, or None while it is up."""
+        if generation in self._lost_reasons:
+            return self._lost_reasons[generation]
+        why: str | None = "the gateway this session ran on was replaced by a new one"
+        if generation == self.generation:
+            why = await self.lost()
+        if why:
+            self._lost_reasons[generation] = why
+        return why
+
+    def _retire(self, why: str) -> None:
+        """Record why the current generation's gateway is gone (before starting another)."""
+        self._lost_reasons.setdefault(self.generation, why)
 
     @abc.abstractmethod
     async def aclose(self) -> None:

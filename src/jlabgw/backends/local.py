@@ -74,9 +74,11 @@ class LocalBackend(Backend):
                 log.warning(
                     "gateway process exited (code %s); starting a new one", self._proc.returncode
                 )
+                self._retire(f"the local Kernel Gateway exited (code {self._proc.returncode})")
                 self._cleanup_files()
                 self._endpoint = None
             self._endpoint = await self._start_with_retries()
+            self.generation += 1
             return self._endpoint
 
     async def _start_with_retries(self) -> GatewayEndpoint:

@@ -37,8 +37,14 @@ __all__ = ["SlurmBackend"]
 
 log = logging.getLogger(__name__)
 
-_POLL_START = 0.25
+# squeue while queued: soon after sbatch (an idle node starts the job in ~0.5 s), then less
+# and less often. The connection file is a stat over an open SFTP channel: cheap, so it is
+# polled every 0.1 s at first (the gateway is up ~1.5 s after the job starts); SLURM is asked
+# at most once a second meanwhile whether the job is still alive.
+_POLL_START = 0.1
 _POLL_MAX = 2.0
+_FILE_POLL_MAX = 1.0
+_ALIVE_CHECK_EVERY = 1.0
 
 
 class SlurmBackend(Backend):
@@ -52,6 +58,7 @@ class SlurmBackend(Backend):
         self._slurm: SlurmClient | None = None
         self._job_id: str | None = None
         self._status: JobStatus | None = None
+        self._timings: dict[str, float] = {}  # seconds per start-up step, for status/benchmarks
         self._node: str | None = None
         self._conn_dir: str | None = None
         self._endpoint: GatewayEndpoint | None = None
@@ -67,8 +74,11 @@ class SlurmBackend(Backend):
                 return self._endpoint
             if self._endpoint is not None:
                 log.warning("batch job %s is gone; starting a new one", self._job_id)
+                state = self._status.state if self._status else "gone"
+                self._retire(f"batch job {self._job_id} is no longer running ({state})")
             await asyncio.to_thread(self._drop_tunnel)
             self._endpoint = await self._bring_up(self.report)
+            self.generation += 1
             return self._endpoint
 
     def _still_running(self) -> bool:
@@ -78,18 +88,36 @@ class SlurmBackend(Backend):
         return self._status.running
 
     async def _bring_up(self, report: Progress) -> GatewayEndpoint:
+        timings: dict[str, float] = {}
+        clock = time.monotonic()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.monotonic()
+            timings[name] = round(now - clock, 3)
+            clock = now
+
         if self._host is None:
             self._host = host_for(self._settings)
             self._slurm = SlurmClient(self._host)
         await report(0, None, f"contacting SLURM on {self._host.where}")
         self._conn_dir = await asyncio.to_thread(self._connection_dir)
+        lap("connect")
         self._job_id = await asyncio.to_thread(self._reuse_or_submit)
+        lap("submit")
         await self._wait_running(report)
+        lap("queue_wait")
         info = await self._wait_connection_file(report)
+        lap("gateway_start")
         register_secret(info["token"])
         self._node = str(info["host"])
         await report(0, None, f"opening an SSH tunnel to {self._node}")
-        return await asyncio.to_thread(self._open_tunnel, info)
+        endpoint = await asyncio.to_thread(self._open_tunnel, info)
+        lap("tunnel")
+        timings["total"] = round(sum(timings.values()), 3)
+        self._timings = timings
+        log.info("gateway of job %s up: %s", self._job_id, timings)
+        return endpoint
 
     def _connection_dir(self) -> str:
         assert self._host is not None
@@ -173,7 +201,9 @@ class SlurmBackend(Backend):
         assert self._job_id
         path = f"{self._conn_dir}/jlabgw-{self._job_id}.json"
         await report(0, None, f"job {self._job_id} running; waiting for its gateway")
-        deadline = time.monotonic() + self._settings.gateway_start_timeout
+        started = time.monotonic()
+        deadline = started + self._settings.gateway_start_timeout
+        next_alive_check = started + _ALIVE_CHECK_EVERY
         delay = _POLL_START
         while time.monotonic() < deadline:
             try:
@@ -184,14 +214,18 @@ class SlurmBackend(Backend):
                 pass
             except ValueError:
                 pass  # written atomically, so this means a foreign file: wait for ours
-            status = await asyncio.to_thread(self._slurm.status, self._job_id)
-            if not status.active:
-                raise BackendError(
-                    f"batch job {self._job_id} ended ({status.state}) before its gateway "
-                    f"answered; see {self._conn_dir}/jlabgw-{self._job_id}.log on {self._where}"
-                )
+            if time.monotonic() >= next_alive_check:
+                status = await asyncio.to_thread(self._slurm.status, self._job_id)
+                if not status.active:
+                    raise BackendError(
+                        f"batch job {self._job_id} ended ({status.state}) before its gateway "
+                        f"answered; see {self._conn_dir}/jlabgw-{self._job_id}.log on "
+                        f"{self._where}"
+                    )
+                next_alive_check = time.monotonic() + _ALIVE_CHECK_EVERY
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, _POLL_MAX)
+            if time.monotonic() - started > 5:  # slower than usual: back off
+                delay = min(delay * 1.5, _FILE_POLL_MAX)
         raise BackendError(
             f"batch job {self._job_id} is running but its gateway did not answer within "
             f"{self._settings.gateway_start_timeout:.0f} s (JLABGW_GATEWAY_START_TIMEOUT); "
@@ -272,6 +306,7 @@ class SlurmBackend(Backend):
                 "token_file": f"{self._conn_dir}/jlabgw-{self._job_id}.json on {self._where}"
                 if self._endpoint
                 else None,
+                "start_seconds": self._timings or None,
             },
             "job": {
                 "id": self._job_id,
