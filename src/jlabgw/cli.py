@@ -19,7 +19,6 @@ from . import __version__
 from .config import ENV_PREFIX, Settings, load_settings
 from .errors import JlabgwError
 from .log import configure_logging
-from .render import outputs_to_text
 from .state import pid_alive, read_server_states
 
 __all__ = ["main"]
@@ -144,10 +143,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
+    backend = None
+    if settings.eager_start:
+        from .backends import create_backend
+
+        backend = create_backend(settings)
+        backend.begin()  # a batch job queues while the server's imports below load
     from .server import build_server  # fastmcp import is slow; only the server needs it
     from .stdio import serve_stdio
 
-    mcp = build_server(settings)
+    mcp = build_server(settings, backend)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_stdio(mcp))
     return 0
@@ -208,7 +213,10 @@ def _run_source(args: argparse.Namespace) -> tuple[str, str]:
 
 
 async def _run(settings: Settings, code: str, name: str, notebook: str | None) -> int:
+    # imported here: fastmcp and nbformat take most of a second, and `serve` must reach
+    # Backend.begin() before paying for them
     from .backends import create_backend
+    from .render import outputs_to_text
     from .sessions import SessionManager
 
     backend = create_backend(settings)

@@ -104,6 +104,11 @@ class Settings(BaseModel):
         600.0, gt=0, description="Seconds to wait for the job to start before giving up."
     )
     keep_job: bool = Field(False, description="Leave the batch job running when jlabgw exits.")
+    spare_kernel: bool = Field(
+        True,
+        description="Keep one kernel started ahead on the gateway, so a new session starts at "
+        "once (costs one idle kernel's memory).",
+    )
     eager_start: bool = Field(
         True,
         description="Start the gateway (submit the job) when the server starts, not on the "

@@ -22,7 +22,7 @@ from fastmcp.tools.base import ToolResult
 from mcp.types import TextContent
 from pydantic import Field
 
-from .backends import create_backend
+from .backends import Backend, create_backend
 from .config import Settings
 from .errors import JlabgwError
 from .render import outputs_to_content
@@ -215,14 +215,16 @@ TOOLS = (
 # -- server ------------------------------------------------------------------------------------
 
 
-def build_server(settings: Settings) -> FastMCP[dict[str, Any]]:
-    """A FastMCP server whose lifespan owns the backend, sessions and state file."""
+def build_server(settings: Settings, backend: Backend | None = None) -> FastMCP[dict[str, Any]]:
+    """A FastMCP server whose lifespan owns the backend, sessions and state file.
+
+    ``backend``: one created (and perhaps begun) before the server, else a new one."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
-        backend = create_backend(settings)
+        active = backend or create_backend(settings)
         state = ServerStateFile(settings.state_dir)
-        sessions = SessionManager(settings, backend, on_change=lambda: state.update(sessions))
+        sessions = SessionManager(settings, active, on_change=lambda: state.update(sessions))
         state.update(sessions)
         # Start the gateway (submit the job) now so the first tool call waits less; a failure
         # is reported (again) by that first call.
@@ -240,8 +242,8 @@ def build_server(settings: Settings) -> FastMCP[dict[str, Any]]:
                 try:
                     await sessions.aclose()
                 finally:
-                    await backend.aclose()
-            backend.close_now()  # no-op unless the bounded shutdown above was cut short
+                    await active.aclose()
+            active.close_now()  # no-op unless the bounded shutdown above was cut short
             state.remove()
 
     mcp: FastMCP[dict[str, Any]] = FastMCP(
@@ -264,5 +266,6 @@ def build_server(settings: Settings) -> FastMCP[dict[str, Any]]:
 async def _warm_up(sessions: SessionManager) -> None:
     try:
         await sessions.gateway()
+        sessions.prepare_spare()
     except JlabgwError as exc:
         log.error("gateway start failed: %s", exc)

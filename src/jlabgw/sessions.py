@@ -83,6 +83,8 @@ class Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     executions: int = 0
     kernel_state: str = "idle"
+    # waiting for the gateway, then the kernel's start until it answered kernel_info
+    start_seconds: dict[str, float] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -95,11 +97,25 @@ class Session:
             "executions": self.executions,
             "state": "busy" if self.lock.locked() else self.kernel_state,
             "created_at": self.created_at,
+            "start_seconds": self.start_seconds,
         }
 
 
 async def _no_progress(done: float, total: float | None, message: str) -> None:
     return None
+
+
+_Started = tuple[KernelConnection, dict[str, Any], dict[str, float]]
+_SPARE_CHECK_TIMEOUT = 10.0
+
+
+def _ok(task: asyncio.Task[Any]) -> bool:
+    return not task.cancelled() and task.exception() is None
+
+
+def _log_spare_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.info("starting a kernel ahead failed: %s", exc)
 
 
 def _consume_outcome(task: asyncio.Task[Any]) -> None:
@@ -127,6 +143,10 @@ class SessionManager:
         self._gateway_lock = asyncio.Lock()
         self._kernelspecs: dict[str, Any] | None = None
         self._on_change = on_change or (lambda: None)
+        # One kernel started ahead (JLABGW_SPARE_KERNEL): a new session takes it at once
+        # instead of waiting ~0.5 s for a kernel to start, and another is started behind it.
+        self._spare: asyncio.Task[_Started] | None = None
+        self._closing = False
 
     # -- gateway -----------------------------------------------------------------------------
 
@@ -164,10 +184,14 @@ class SessionManager:
         return [s.describe() for s in self._sessions.values()]
 
     def status(self) -> dict[str, Any]:
+        spare = self._spare
         return {
             "server_pid": os.getpid(),
             **self.backend.describe(),
             "notebook_dir": str(self.settings.notebook_dir),
+            "spare_kernel": None
+            if spare is None
+            else ("starting" if not spare.done() else "ready" if _ok(spare) else "failed"),
             "sessions": self.list(),
         }
 
@@ -176,9 +200,74 @@ class SessionManager:
 
     # -- session creation ----------------------------------------------------------------------
 
-    async def _start_kernel(self, progress: Progress) -> tuple[KernelConnection, dict[str, Any]]:
+    def prepare_spare(self) -> None:
+        """Start a kernel ahead, for the next session (no-op if one is there or disabled)."""
+        if not self.settings.spare_kernel or self._spare is not None or self._closing:
+            return
+        self._spare = asyncio.create_task(self._start_kernel(_no_progress), name="spare-kernel")
+        self._spare.add_done_callback(_log_spare_failure)
+
+    async def _take_kernel(self, progress: Progress) -> _Started:
+        """The spare kernel if it is alive, else a new one; then a new spare behind it."""
+        spare, self._spare = self._spare, None
+        started = await self._claim(spare, progress) if spare is not None else None
+        if started is None:
+            started = await self._start_kernel(progress)
+        self.prepare_spare()
+        return started
+
+    async def _claim(self, spare: asyncio.Task[_Started], progress: Progress) -> _Started | None:
+        t0 = time.monotonic()
+        await progress(0, None, "taking the kernel started ahead")
+        try:
+            # shielded: a caller that goes away must not cancel the spare's start half-way
+            conn, metadata, _ = await asyncio.shield(spare)
+        except asyncio.CancelledError:
+            if self._spare is None and not spare.cancelled():
+                self._spare = spare  # still good for the next caller
+            else:
+                spare.add_done_callback(self._discard_later)
+            raise
+        except JlabgwError as exc:
+            log.info("the kernel started ahead failed (%s); starting a new one", exc)
+            return None
+        try:
+            async with asyncio.timeout(_SPARE_CHECK_TIMEOUT):
+                await conn.kernel_info()  # alive: not culled, gateway still there
+        except (JlabgwError, TimeoutError) as exc:
+            log.info("the kernel started ahead is gone (%s); starting a new one", exc)
+            await self._discard(conn)
+            return None
+        return conn, metadata, {"gateway": 0.0, "kernel": round(time.monotonic() - t0, 3)}
+
+    async def _discard(self, conn: KernelConnection) -> None:
+        await conn.close()
+        with contextlib.suppress(JlabgwError, TimeoutError):
+            async with asyncio.timeout(_SPARE_CHECK_TIMEOUT):
+                await (await self.gateway()).delete_kernel(conn.kernel_id)
+
+    def _discard_later(self, spare: asyncio.Task[_Started]) -> None:
+        if not spare.cancelled() and spare.exception() is None:
+            conn = spare.result()[0]
+            task = asyncio.create_task(self._discard(conn))
+            task.add_done_callback(_log_spare_failure)
+
+    async def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        if not spare.done():
+            spare.cancel()  # _start_kernel deletes a kernel it started when cancelled
+        with contextlib.suppress(asyncio.CancelledError, JlabgwError):
+            conn = (await spare)[0]
+            await self._discard(conn)
+
+    async def _start_kernel(self, progress: Progress) -> _Started:
+        """A new kernel, answering; its notebook metadata; seconds spent per step."""
+        t0 = time.monotonic()
         await progress(0, None, "starting the gateway")
         gw = await self.gateway(progress)
+        t_gateway = time.monotonic()
         name = self.settings.kernel_name
         specs = await self.kernelspecs()
         if name not in specs.get("kernelspecs", {}):
@@ -218,9 +307,20 @@ class SessionManager:
             },
             "language_info": reply["content"].get("language_info", {}),
         }
-        return conn, metadata
+        now = time.monotonic()
+        timings = {
+            "gateway": round(t_gateway - t0, 3),
+            "kernel": round(now - t_gateway, 3),
+        }
+        return conn, metadata, timings
 
-    def _register(self, experiment_name: str, conn: KernelConnection, doc: NotebookDoc) -> Session:
+    def _register(
+        self,
+        experiment_name: str,
+        conn: KernelConnection,
+        doc: NotebookDoc,
+        timings: dict[str, float],
+    ) -> Session:
         session = Session(
             id=uuid.uuid4().hex[:12],
             experiment_name=experiment_name,
@@ -228,6 +328,7 @@ class SessionManager:
             kernel_name=self.settings.kernel_name,
             conn=conn,
             doc=doc,
+            start_seconds=timings,
         )
         self._sessions[session.id] = session
         log.info("session %s: kernel %s, notebook %s", session.id, conn.kernel_id, doc.path)
@@ -266,7 +367,7 @@ class SessionManager:
                 self.settings.notebook_dir, notebook_path, must_exist=False
             )
             self._refuse_if_held(path)
-        conn, metadata = await self._start_kernel(progress)
+        conn, metadata, timings = await self._take_kernel(progress)
         try:
             if path is not None and path.exists():
                 doc = NotebookDoc.open(path, self.writer)
@@ -282,7 +383,7 @@ class SessionManager:
         except BaseException:
             await self._discard_kernel(conn)
             raise
-        return self._info(self._register(experiment_name, conn, doc))
+        return self._info(self._register(experiment_name, conn, doc, timings))
 
     async def resume(
         self, experiment_name: str, notebook_path: str, progress: Progress = _no_progress
@@ -291,10 +392,10 @@ class SessionManager:
         path = resolve_notebook_path(self.settings.notebook_dir, notebook_path, must_exist=True)
         self._refuse_if_held(path)
         doc = NotebookDoc.open(path, self.writer)
-        conn, metadata = await self._start_kernel(progress)
+        conn, metadata, timings = await self._take_kernel(progress)
         with doc.editing() as nb:
             nb.metadata.update(metadata)
-        session = self._register(experiment_name, conn, doc)
+        session = self._register(experiment_name, conn, doc, timings)
         code_cells = [
             i for i, c in enumerate(doc.nb.cells) if c.cell_type == "code" and c.source.strip()
         ]
@@ -322,7 +423,7 @@ class SessionManager:
         holder = self._holder_of(path)
         source = holder.doc if holder else NotebookDoc.open(path, self.writer)
         _, nb = source.snapshot()
-        conn, metadata = await self._start_kernel(progress)
+        conn, metadata, timings = await self._take_kernel(progress)
         try:
             nb.metadata.update(metadata)
             doc = NotebookDoc.create(
@@ -335,7 +436,7 @@ class SessionManager:
         except BaseException:
             await self._discard_kernel(conn)
             raise
-        session = self._register(experiment_name, conn, doc)
+        session = self._register(experiment_name, conn, doc, timings)
         return self._info(session, original_notebook=str(path), cells=len(doc.nb.cells))
 
     def _refuse_if_held(self, path: Path) -> None:
@@ -483,6 +584,8 @@ class SessionManager:
 
     async def aclose(self) -> None:
         """Stop all kernels, the gateway client and the writer (the backend is the caller's)."""
+        self._closing = True
+        await self._drop_spare()
         for session_id in list(self._sessions):
             try:
                 await self.shutdown(session_id)

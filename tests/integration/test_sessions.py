@@ -21,6 +21,7 @@ from jlabgw.errors import (
     SessionBusyError,
     UnknownSessionError,
 )
+from jlabgw.gateway import GatewayClient
 from jlabgw.render import outputs_to_text
 from jlabgw.sessions import SessionManager
 from tests.conftest import make_settings
@@ -330,3 +331,39 @@ async def test_dead_local_gateway_is_reported_with_how_to_resume(tmp_path: Path)
     finally:
         await manager.aclose()
         await backend.aclose()
+
+
+async def test_a_spare_kernel_is_taken_by_the_next_session_and_replaced(
+    manager: SessionManager,
+) -> None:
+    before = {k["id"] for k in await (await manager.gateway()).list_kernels()}
+    first = await manager.start_new("spare one")
+    spare = manager._spare
+    assert spare is not None  # started behind the first session
+    spare_conn = (await asyncio.wait_for(asyncio.shield(spare), timeout=60))[0]
+    second = await manager.start_new("spare two")
+    assert second["kernel_id"] == spare_conn.kernel_id
+    result = await manager.execute(second["session_id"], "21 * 2")
+    assert outputs_to_text(result.outputs) == "42\n"
+    assert manager._spare is not None  # a new one behind it
+    assert manager._spare is not spare
+
+    # a spare that died meanwhile (culled, say) is not handed out: a new kernel is started
+    gateway = await manager.gateway()
+    dead = (await asyncio.wait_for(asyncio.shield(manager._spare), timeout=60))[0]
+    await gateway.delete_kernel(dead.kernel_id)
+    third = await manager.start_new("spare three")
+    assert third["kernel_id"] != dead.kernel_id
+    result = await manager.execute(third["session_id"], "'fresh'")
+    assert outputs_to_text(result.outputs) == "'fresh'\n"
+
+    latest = (await asyncio.wait_for(asyncio.shield(manager._spare), timeout=60))[0]
+    sessions = {first["kernel_id"], second["kernel_id"], third["kernel_id"]}
+    running = {k["id"] for k in await gateway.list_kernels()}
+    assert running - before == sessions | {latest.kernel_id}  # one spare, never more
+    await manager.aclose()
+    client = GatewayClient(await manager.backend.start())  # the manager's client is closed
+    try:
+        assert {k["id"] for k in await client.list_kernels()} - before == set()
+    finally:
+        await client.aclose()

@@ -75,6 +75,12 @@ class Backend(abc.ABC):
 
         Slow steps (a batch job waiting in the queue) go to :meth:`report`."""
 
+    def begin(self) -> None:  # noqa: B027 - an optional hook: a no-op unless overridden
+        """Set the slow, remote part of :meth:`start` going from a background thread, before
+        the event loop and the MCP server exist (their imports take about a second, which a
+        batch job can spend in the queue meanwhile). :meth:`start` picks it up, and reports
+        its failure. Optional; the default does nothing."""
+
     @abc.abstractmethod
     async def lost(self) -> str | None:
         """If the current gateway is gone for good (process died, job ended), say why."""

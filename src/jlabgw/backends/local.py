@@ -27,8 +27,8 @@ import httpx
 from ..config import Settings
 from ..errors import GatewayStartError
 from ..fsutil import ensure_private_dir, write_private_file
+from ..job_supervisor import GATEWAY_MAIN, gateway_config
 from ..job_supervisor import free_port as _free_port
-from ..job_supervisor import gateway_config
 from ..log import register_secret
 from .base import Backend, GatewayEndpoint
 
@@ -63,6 +63,7 @@ class LocalBackend(Backend):
         self._log_path: Path | None = None
         self._started_at: float | None = None
         self._start_seconds: float | None = None
+        self._early: tuple[GatewayEndpoint, float] | None = None  # spawned by begin(), and when
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -81,23 +82,39 @@ class LocalBackend(Backend):
             self.generation += 1
             return self._endpoint
 
-    async def _start_with_retries(self) -> GatewayEndpoint:
+    def begin(self) -> None:
+        """Spawn the gateway now (it takes ~0.5 s to answer); :meth:`start` waits for it."""
+        if self._early is None and self._proc is None:
+            t0 = time.monotonic()
+            self._early = (self._launch(), t0)
+
+    def _launch(self) -> GatewayEndpoint:
+        """Write a fresh private config (new port and token) and spawn the gateway on it."""
         state_dir = ensure_private_dir(self._settings.state_dir)
         logs = ensure_private_dir(state_dir / "logs")
         self._log_path = logs / f"gateway-local-{os.getpid()}.log"
-        t0 = time.monotonic()
+        port = _free_port()
+        token = secrets.token_urlsafe(32)
+        register_secret(token)
+        self._secret_dir = Path(
+            tempfile.mkdtemp(prefix="gw-", dir=ensure_private_dir(state_dir / "run"))
+        )
+        config_file = self._secret_dir / "kernel_gateway_config.json"
+        write_private_file(config_file, json.dumps(gateway_app_config(port, token)).encode())
+        self._spawn(config_file)
+        return GatewayEndpoint(url=f"http://127.0.0.1:{port}", token=token)
+
+    async def _start_with_retries(self) -> GatewayEndpoint:
+        early, self._early = self._early, None
+        t0 = early[1] if early else time.monotonic()
         last_error = ""
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            port = _free_port()
-            token = secrets.token_urlsafe(32)
-            register_secret(token)
-            self._secret_dir = Path(
-                tempfile.mkdtemp(prefix="gw-", dir=ensure_private_dir(state_dir / "run"))
-            )
-            config_file = self._secret_dir / "kernel_gateway_config.json"
-            write_private_file(config_file, json.dumps(gateway_app_config(port, token)).encode())
-            endpoint = GatewayEndpoint(url=f"http://127.0.0.1:{port}", token=token)
-            self._spawn(config_file)
+            if early is not None and self._proc is not None:
+                endpoint = early[0]  # spawned by begin()
+                early = None
+            else:
+                endpoint = self._launch()
+            port = int(endpoint.url.rsplit(":", 1)[1])
             outcome = await self._wait_ready(endpoint, t0)
             if outcome == "ready":
                 self._start_seconds = time.monotonic() - t0
@@ -128,7 +145,7 @@ class LocalBackend(Backend):
 
     def _spawn(self, config_file: Path) -> None:
         assert self._log_path is not None
-        cmd = [sys.executable, "-m", "kernel_gateway", f"--config={config_file}"]
+        cmd = [sys.executable, "-c", GATEWAY_MAIN, f"--config={config_file}"]
         with self._log_path.open("ab") as logf:
             # Own session: a Ctrl-C in the user's terminal reaches us, and we stop the gateway
             # in order (kernels first) instead of it dying half-way.

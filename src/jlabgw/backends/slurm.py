@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from typing import Any, ClassVar
 
@@ -59,6 +60,9 @@ class SlurmBackend(Backend):
         self._job_id: str | None = None
         self._status: JobStatus | None = None
         self._timings: dict[str, float] = {}  # seconds per start-up step, for status/benchmarks
+        self._early: threading.Thread | None = None  # begin()'s submission, until start() joins
+        self._early_timings: dict[str, float] = {}
+        self._early_error: BaseException | None = None
         self._node: str | None = None
         self._conn_dir: str | None = None
         self._endpoint: GatewayEndpoint | None = None
@@ -87,6 +91,29 @@ class SlurmBackend(Backend):
         self._status = self._slurm.status(self._job_id)
         return self._status.running
 
+    def begin(self) -> None:
+        if self._early is not None or self._endpoint is not None:
+            return
+        self._early = threading.Thread(target=self._submit_early, name="jlabgw-submit", daemon=True)
+        self._early.start()
+
+    def _submit_early(self) -> None:
+        try:
+            t0 = time.monotonic()
+            self._connect()
+            t1 = time.monotonic()
+            self._job_id = self._reuse_or_submit()
+            t2 = time.monotonic()
+            self._early_timings = {"connect": round(t1 - t0, 3), "submit": round(t2 - t1, 3)}
+        except BaseException as exc:  # re-raised by start(), in the caller's context
+            self._early_error = exc
+
+    def _connect(self) -> None:
+        if self._host is None:
+            self._host = host_for(self._settings)
+            self._slurm = SlurmClient(self._host)
+        self._conn_dir = self._connection_dir()
+
     async def _bring_up(self, report: Progress) -> GatewayEndpoint:
         timings: dict[str, float] = {}
         clock = time.monotonic()
@@ -97,22 +124,40 @@ class SlurmBackend(Backend):
             timings[name] = round(now - clock, 3)
             clock = now
 
-        if self._host is None:
-            self._host = host_for(self._settings)
-            self._slurm = SlurmClient(self._host)
-        await report(0, None, f"contacting SLURM on {self._host.where}")
-        self._conn_dir = await asyncio.to_thread(self._connection_dir)
-        lap("connect")
-        self._job_id = await asyncio.to_thread(self._reuse_or_submit)
-        lap("submit")
+        early, self._early = self._early, None
+        if early is not None:  # begin() connected and submitted (or failed) already
+            await report(0, None, "waiting for the batch job submitted at start-up")
+            await asyncio.to_thread(early.join)
+            error, self._early_error = self._early_error, None
+            if error is not None:
+                raise error
+            timings.update(self._early_timings)
+            clock = time.monotonic()
+        else:
+            await report(0, None, f"contacting SLURM on {self._where}")
+            await asyncio.to_thread(self._connect)
+            lap("connect")
+            self._job_id = await asyncio.to_thread(self._reuse_or_submit)
+            lap("submit")
         await self._wait_running(report)
         lap("queue_wait")
-        info = await self._wait_connection_file(report)
+        # SSH to the node (~0.2 s) while its gateway starts: squeue names it once it runs.
+        node = self._status.node if self._status else ""
+        ahead = (
+            asyncio.create_task(asyncio.to_thread(self._node_connection, node)) if node else None
+        )
+        try:
+            info = await self._wait_connection_file(report)
+        except BaseException:
+            if ahead is not None:
+                ahead.add_done_callback(_close_connection)
+            raise
         lap("gateway_start")
         register_secret(info["token"])
         self._node = str(info["host"])
         await report(0, None, f"opening an SSH tunnel to {self._node}")
-        endpoint = await asyncio.to_thread(self._open_tunnel, info)
+        conn = await self._take_node_connection(ahead, self._node)
+        endpoint = await asyncio.to_thread(self._open_tunnel, info, conn)
         lap("tunnel")
         timings["total"] = round(sum(timings.values()), 3)
         self._timings = timings
@@ -233,14 +278,34 @@ class SlurmBackend(Backend):
             "JLABGW_REMOTE_SETUP give a Python with jupyter-kernel-gateway and ipykernel?"
         )
 
-    def _open_tunnel(self, info: dict[str, Any]) -> GatewayEndpoint:
-        self._node_conn = SSHConnection(
-            str(info["host"]),
+    def _node_connection(self, node: str) -> SSHConnection:
+        conn = SSHConnection(
+            node,
             self._settings,
             port=self._settings.compute_ssh_port,
             jump=self._settings.ssh_host or None,
         )
-        self._node_conn.transport  # noqa: B018 - connect now: errors belong to this call
+        conn.transport  # noqa: B018 - connect now: errors belong to this call
+        return conn
+
+    async def _take_node_connection(
+        self, ahead: asyncio.Task[SSHConnection] | None, node: str
+    ) -> SSHConnection | None:
+        """The connection made ahead, if it is to the node the gateway reported, else None."""
+        if ahead is None:
+            return None
+        try:
+            conn = await ahead
+        except JlabgwError as exc:
+            log.info("SSH to %s ahead of the gateway failed (%s); trying again", node, exc)
+            return None
+        if conn.spec.alias != node:  # squeue's node name is not the node's hostname
+            await asyncio.to_thread(conn.close)
+            return None
+        return conn
+
+    def _open_tunnel(self, info: dict[str, Any], conn: SSHConnection | None) -> GatewayEndpoint:
+        self._node_conn = conn or self._node_connection(str(info["host"]))
         self._forwarder = Forwarder(self._node_conn, "127.0.0.1", int(info["port"])).start()
         return GatewayEndpoint(url=self._forwarder.url, token=str(info["token"]))
 
@@ -279,6 +344,9 @@ class SlurmBackend(Backend):
         await asyncio.to_thread(self.close_now)
 
     def close_now(self) -> None:
+        early = self._early
+        if early is not None:  # a submission under way must finish, or its job is orphaned
+            early.join(timeout=2 * self._settings.ssh_timeout + 30)
         self._drop_tunnel()
         if self._job_id and not self._settings.keep_job:
             log.info("cancelling batch job %s", self._job_id)
@@ -317,3 +385,8 @@ class SlurmBackend(Backend):
                 "where": self._where,
             },
         }
+
+
+def _close_connection(task: asyncio.Task[SSHConnection]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()
