@@ -219,6 +219,7 @@ async def _run(settings: Settings, code: str, name: str, notebook: str | None) -
     from .render import outputs_to_text
     from .sessions import SessionManager
 
+    settings = settings.model_copy(update={"spare_kernel": False})  # one session, then exit
     backend = create_backend(settings)
     manager = SessionManager(settings, backend)
     spinner = _Spinner()

@@ -25,15 +25,15 @@ _OUTPUT_TYPES = ("stream", "display_data", "execute_result", "error")
 
 
 class DisplayIndex:
-    """display_id → outputs showing it, for one kernel session."""
+    """display_id → (cell, output) pairs showing it, for one kernel session."""
 
     def __init__(self) -> None:
-        self._outputs: dict[str, list[NotebookNode]] = {}
+        self._outputs: dict[str, list[tuple[NotebookNode, NotebookNode]]] = {}
 
-    def add(self, display_id: str, output: NotebookNode) -> None:
-        self._outputs.setdefault(display_id, []).append(output)
+    def add(self, display_id: str, cell: NotebookNode, output: NotebookNode) -> None:
+        self._outputs.setdefault(display_id, []).append((cell, output))
 
-    def get(self, display_id: str) -> list[NotebookNode]:
+    def get(self, display_id: str) -> list[tuple[NotebookNode, NotebookNode]]:
         return self._outputs.get(display_id, [])
 
 
@@ -54,21 +54,21 @@ class OutputRecorder:
             if content.get("wait"):
                 self._clear_pending = True
             else:
-                with self.doc.editing():
+                with self.doc.editing(self.cell):
                     self.cell.outputs.clear()
             return
         if msg_type == "update_display_data":
             display_id = (content.get("transient") or {}).get("display_id")
             targets = self.displays.get(display_id) if display_id else []
             if targets:
-                with self.doc.editing():
-                    for output in targets:
+                with self.doc.editing(*{id(cell): cell for cell, _ in targets}.values()):
+                    for _, output in targets:
                         output["data"] = output_from_msg(_as_display(msg))["data"]
                         output["metadata"] = content.get("metadata", {})
             return
         if msg_type not in _OUTPUT_TYPES:
             return  # execute_input, status, comm_* … are not outputs
-        with self.doc.editing():
+        with self.doc.editing(self.cell):
             if self._clear_pending:
                 self.cell.outputs.clear()
                 self._clear_pending = False
@@ -85,7 +85,7 @@ class OutputRecorder:
                 outputs.append(output)
                 display_id = (content.get("transient") or {}).get("display_id")
                 if display_id and msg_type == "display_data":
-                    self.displays.add(display_id, output)
+                    self.displays.add(display_id, self.cell, output)
         if msg_type == "stream":
             text = content.get("text", "").rstrip("\n")
             if text:

@@ -461,10 +461,11 @@ class SessionManager:
         """Replace a cell's source. Code cells are re-executed; markdown cells just change."""
         session = self.get(session_id)
         index = session.doc.cell_index(cell_index)
-        if session.doc.nb.cells[index].cell_type != "code":
-            with session.doc.editing() as nb:
-                nb.cells[index].source = code
-            return f"cell {index} ({nb.cells[index].cell_type}) updated; not executed"
+        cell = session.doc.nb.cells[index]
+        if cell.cell_type != "code":
+            with session.doc.editing(cell):
+                cell.source = code
+            return f"cell {index} ({cell.cell_type}) updated; not executed"
         return await self._run_cell(session, index, code, progress)
 
     async def _run_cell(
@@ -500,8 +501,8 @@ class SessionManager:
                 cell = new_code_cell(code or "")
                 index = doc.append_cell(cell)
             else:
-                with doc.editing() as nb:
-                    cell = nb.cells[index]
+                cell = doc.nb.cells[index]
+                with doc.editing(cell):
                     if code is not None:
                         cell.source = code
                     cell.outputs = []
@@ -515,7 +516,7 @@ class SessionManager:
                 await self._raise_if_lost(session, exc)
                 raise
             content = reply.get("content", {})
-            with doc.editing():
+            with doc.editing(cell):
                 cell.execution_count = content.get("execution_count")
             warnings = [doc.write_error] if doc.write_error else []
             return ExecutionResult(

@@ -167,3 +167,73 @@ def test_cell_index(tmp_path: Path, writer: NotebookWriter) -> None:
         doc.cell_index(3)
     with pytest.raises(CellIndexError):
         doc.cell_index(-4)
+
+
+def plain_json(nb: nbformat.NotebookNode) -> bytes:
+    return (json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def test_incremental_file_is_exactly_json_dumps(tmp_path: Path, writer: NotebookWriter) -> None:
+    doc = NotebookDoc.create(
+        tmp_path, "exp", writer, metadata={"kernelspec": {"name": "p", "display_name": "P"}}
+    )
+    assert doc.serialize()[1] == plain_json(doc.nb)  # no cells
+    code = new_code_cell("print('é\\n')", outputs=[])
+    doc.append_cell(code)
+    doc.append_cell(new_markdown_cell("# title\n\nline"))
+    assert doc.serialize()[1] == plain_json(doc.nb)
+    # a named cell's change is picked up; the cached others stay right
+    with doc.editing(code):
+        code.outputs.append(nbformat.v4.new_output("stream", name="stdout", text="x\n" * 3))
+        code.execution_count = 1
+    assert doc.serialize()[1] == plain_json(doc.nb)
+    # an edit naming no cell redoes everything (metadata here)
+    with doc.editing() as nb:
+        nb.metadata["language_info"] = {"name": "python"}
+    version, data = doc.serialize()
+    assert data == plain_json(doc.nb)
+    assert version == doc.version
+    nbformat.validate(json.loads(data))
+
+
+def test_only_changed_cells_are_serialised(
+    tmp_path: Path, writer: NotebookWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jlabgw import notebook as notebook_module
+
+    doc = NotebookDoc.create(tmp_path, "big", writer)
+    cells = [new_code_cell(f"x = {i}") for i in range(50)]
+    for cell in cells:
+        doc.append_cell(cell)
+    doc.serialize()
+    dumped: list[object] = []
+    real = notebook_module._dumps
+
+    def counting(value: object, depth: int) -> bytes:
+        dumped.append(value)
+        return real(value, depth)
+
+    monkeypatch.setattr(notebook_module, "_dumps", counting)
+    with doc.editing(cells[7]):
+        cells[7].source = "x = 'changed'"
+    data = doc.serialize()[1]
+    assert [c for c in dumped if isinstance(c, dict) and "cell_type" in c] == [cells[7]]
+    assert data == plain_json(doc.nb)
+
+
+def test_an_invalid_cell_is_rechecked_until_fixed(tmp_path: Path, writer: NotebookWriter) -> None:
+    doc = NotebookDoc.create(tmp_path, "exp", writer)
+    cell = new_code_cell("1")
+    doc.append_cell(cell)
+    doc.flush()
+    with doc.editing(cell):
+        cell.outputs.append({"output_type": "stream", "name": "stdout"})  # no "text"
+    with pytest.raises(NotebookError, match="not writing"):
+        doc.flush()
+    doc.append_cell(new_markdown_cell("later"))  # does not smuggle the bad cell through
+    with pytest.raises(NotebookError, match="not writing"):
+        doc.flush()
+    with doc.editing(cell):
+        cell.outputs[0]["text"] = "fixed\n"
+    doc.flush()
+    assert read(doc.path).cells[0].outputs[0].text == "fixed\n"
