@@ -54,6 +54,24 @@ class Settings(BaseModel):
     progress_interval: float = Field(
         5.0, gt=0, description="Seconds between progress notifications while a cell runs."
     )
+    exec_wait: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds execute_code waits for a cell before returning the output so far "
+        "(the cell keeps running; get_execution follows it).",
+    )
+    output_limit: int = Field(
+        20000,
+        ge=1000,
+        description="Characters of text in one tool result; the middle is cut (the notebook "
+        "keeps everything).",
+    )
+    image_max_px: int = Field(
+        1568, ge=64, description="Longest side of an image in a tool result (downscaled)."
+    )
+    image_max_bytes: int = Field(
+        1_000_000, ge=10_000, description="Size cap of one image in a tool result."
+    )
     # -- SSH (login node / compute nodes) ------------------------------------------------------
     ssh_host: str = Field(
         "", description="Login node host or ~/.ssh/config alias; empty: run cluster commands here."

@@ -57,6 +57,7 @@ __all__ = [
     "SessionBusyError",
     "SessionError",
     "SessionLostError",
+    "UnknownExecutionError",
     "UnknownSessionError",
 ]
 
@@ -144,8 +145,12 @@ class UnknownSessionError(SessionError):
     """No session has this id."""
 
 
+class UnknownExecutionError(SessionError):
+    """No recent execution of this session has this id."""
+
+
 class SessionBusyError(SessionError):
-    """The notebook is already attached to another live session."""
+    """The session (or the notebook) is in use: a cell is running, or another session has it."""
 
 
 class SessionLostError(SessionError):

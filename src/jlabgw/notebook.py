@@ -122,6 +122,12 @@ class NotebookDoc:
                     self._all_stale = True
         self._writer.schedule(self)
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[NotebookNode]:
+        """Hold the lock while reading ``nb`` (a consistent view; no write is scheduled)."""
+        with self._lock:
+            yield self.nb
+
     def append_cell(self, cell: NotebookNode) -> int:
         with self.editing() as nb:
             nb.cells.append(cell)

@@ -1,31 +1,66 @@
 """Turn a cell's nbformat outputs into MCP content blocks for a tool result.
 
 Text (streams, ``text/plain`` reprs, tracebacks) is merged into as few text blocks as possible,
-with ANSI escape codes removed (the notebook keeps them). PNG, JPEG and GIF outputs become
-image blocks with the right mime type: Jupyter stores them base64-encoded, so they are decoded
-once here and fastmcp's :class:`~fastmcp.utilities.types.Image` encodes them for the wire.
+with ANSI escape codes removed (the notebook keeps them), and capped: past ``limit`` characters
+the middle is cut with a note naming the notebook cell that has it all. PNG, JPEG and GIF
+outputs become image blocks, downscaled with Pillow to ``max_px`` on the longest side and to
+``max_bytes`` when larger (the notebook keeps the original). SVG comes back as its source text
+(no rasteriser is needed, and models read SVG), within the same text cap. Rich outputs without
+``text/plain`` fall back to JSON, Markdown, LaTeX or HTML source, in that order.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
+import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from fastmcp.utilities.types import Image
 from mcp.types import ContentBlock, TextContent
 from nbformat import NotebookNode
 
-__all__ = ["has_error", "outputs_to_content", "outputs_to_text", "strip_ansi"]
+__all__ = [
+    "Limits",
+    "cap_text",
+    "collapse_carriage_returns",
+    "has_error",
+    "outputs_to_content",
+    "outputs_to_text",
+    "strip_ansi",
+]
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif"}
+_TEXT_FALLBACKS = ("application/json", "text/markdown", "text/latex", "text/html")
+_HEAD_SHARE = 0.25  # of a cut text, the head keeps this much, the tail (latest lines) the rest
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one tool result may carry."""
+
+    text: int = 20000  # characters
+    image_px: int = 1568  # longest side
+    image_bytes: int = 1_000_000
 
 
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
+
+
+def collapse_carriage_returns(text: str) -> str:
+    """Each line as a terminal shows it: a progress bar redrawn with ``\\r`` (tqdm without
+    widgets) ends as its last state, not thousands of states. The notebook keeps the raw text,
+    which Jupyter renders the same way."""
+    if "\r" not in text:
+        return text
+    lines = text.split("\n")
+    return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines)
 
 
 def has_error(outputs: Iterable[NotebookNode]) -> bool:
@@ -35,31 +70,89 @@ def has_error(outputs: Iterable[NotebookNode]) -> bool:
 def _text_of(output: NotebookNode) -> str | None:
     kind = output.get("output_type")
     if kind == "stream":
-        return str(output.get("text", ""))
+        return collapse_carriage_returns(str(output.get("text", "")))
     if kind == "error":
         tb = "\n".join(output.get("traceback", []))
         head = f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"
         return strip_ansi(f"{head}\n{tb}" if tb else head) + "\n"
     data: dict[str, Any] = output.get("data", {})
+    if "image/svg+xml" in data:
+        return f"[SVG image]\n{_joined(data['image/svg+xml'])}\n"
     if "text/plain" in data:
-        text = data["text/plain"]
-        return (text if isinstance(text, str) else "".join(text)) + "\n"
+        return _joined(data["text/plain"]) + "\n"
+    for mime in _TEXT_FALLBACKS:
+        if mime in data:
+            value = data[mime]
+            text = json.dumps(value, indent=1) if mime == "application/json" else _joined(value)
+            return f"[{mime}]\n{text}\n"
     if data:
         return f"[{', '.join(sorted(data))} output: see the notebook]\n"
     return None
 
 
-def _image_of(output: NotebookNode) -> Image | None:
+def _joined(value: Any) -> str:
+    return value if isinstance(value, str) else "".join(value)
+
+
+def _image_of(output: NotebookNode, limits: Limits | None = None) -> Image | None:
     data: dict[str, Any] = output.get("data", {})
     for mime, fmt in _IMAGE_FORMATS.items():
         if mime in data:
-            raw = data[mime]
-            b64 = raw if isinstance(raw, str) else "".join(raw)
             try:
-                return Image(data=base64.b64decode(b64), format=fmt)
+                raw = base64.b64decode(_joined(data[mime]))
             except (binascii.Error, ValueError):
                 return None
+            if limits is not None:
+                fitted = fit_image(raw, fmt, limits)
+                if fitted is None:
+                    return None
+                raw, fmt = fitted
+            return Image(data=raw, format=fmt)
     return None
+
+
+def fit_image(raw: bytes, fmt: str, limits: Limits) -> tuple[bytes, str] | None:
+    """``raw`` within the pixel and byte caps (re-encoded only when it is not), or None if
+    it cannot be read. PNG keeps line art and transparency; JPEG is the fallback for size."""
+    from PIL import Image as PILImage  # Pillow: only when an image comes along
+    from PIL import UnidentifiedImageError
+
+    try:
+        with PILImage.open(io.BytesIO(raw)) as image:
+            if max(image.size) <= limits.image_px and len(raw) <= limits.image_bytes:
+                return raw, fmt
+            image.seek(0)  # an animated GIF: its first frame
+            frame = image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB")
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+    frame.thumbnail((limits.image_px, limits.image_px))
+    for _ in range(6):  # bounded: halve the size until it fits
+        out = io.BytesIO()
+        frame.save(out, "PNG", optimize=True)
+        if out.tell() <= limits.image_bytes:
+            return out.getvalue(), "png"
+        out = io.BytesIO()
+        frame.convert("RGB").save(out, "JPEG", quality=85)
+        if out.tell() <= limits.image_bytes:
+            return out.getvalue(), "jpeg"
+        frame.thumbnail((max(1, frame.width // 2), max(1, frame.height // 2)))
+    return None
+
+
+def cap_text(text: str, limit: int, where: str) -> str:
+    """``text`` if it fits in ``limit`` characters, else its head and (mostly) tail with a
+    note of what was cut and ``where`` the whole of it is."""
+    if len(text) <= limit:
+        return text
+    note_room = 200
+    keep = max(0, limit - note_room)
+    head = int(keep * _HEAD_SHARE)
+    tail = keep - head
+    cut = len(text) - head - tail
+    return (
+        f"{text[:head]}\n[... {cut:,} characters cut here; the whole output is in {where} ...]\n"
+        f"{text[len(text) - tail :]}"
+    )
 
 
 def outputs_to_text(outputs: Iterable[NotebookNode]) -> str:
@@ -75,21 +168,46 @@ def outputs_to_text(outputs: Iterable[NotebookNode]) -> str:
     return "".join(parts)
 
 
-def outputs_to_content(outputs: Iterable[NotebookNode], header: str = "") -> list[ContentBlock]:
-    """Text blocks (adjacent text merged) and image blocks, in output order."""
-    blocks: list[ContentBlock] = []
-    text = header
+def outputs_to_content(
+    outputs: Iterable[NotebookNode],
+    limits: Limits | None = None,
+    where: str = "the notebook",
+    header: str = "",
+    footer: str = "",
+) -> list[ContentBlock]:
+    """Text blocks (adjacent text merged, capped together) and image blocks, in order."""
+    limits = limits or Limits()
+    items: list[str | Image] = [header] if header else []
     for output in outputs:
-        image = _image_of(output) if output.get("output_type") != "stream" else None
+        image = _image_of(output, limits) if output.get("output_type") != "stream" else None
         if image is not None:
-            if text:
-                blocks.append(TextContent(type="text", text=text))
-                text = ""
-            blocks.append(image.to_image_content())
+            items.append(image)
             continue
         piece = _text_of(output)
         if piece:
-            text += strip_ansi(piece)
-    if text or not blocks:
-        blocks.append(TextContent(type="text", text=text or "(no output)"))
+            piece = strip_ansi(piece)
+            if items and isinstance(items[-1], str):
+                items[-1] += piece
+            else:
+                items.append(piece)
+    texts = [item for item in items if isinstance(item, str)]
+    total = sum(len(t) for t in texts)
+    budget = max(0, limits.text - len(footer))
+    blocks: list[ContentBlock] = []
+    for item in items:
+        if isinstance(item, Image):
+            blocks.append(item.to_image_content())
+            continue
+        if total > budget:  # every text block gives up its share of the excess
+            item = cap_text(item, max(300, budget * len(item) // total), where)
+        blocks.append(TextContent(type="text", text=item))
+    if footer:
+        if not blocks:
+            blocks.append(TextContent(type="text", text="(no new output)"))
+        if isinstance(blocks[-1], TextContent):
+            blocks[-1] = TextContent(type="text", text=blocks[-1].text + footer)
+        else:
+            blocks.append(TextContent(type="text", text=footer))
+    if not blocks:
+        blocks.append(TextContent(type="text", text="(no output)"))
     return blocks

@@ -25,7 +25,7 @@ from pydantic import Field
 from .backends import Backend, create_backend
 from .config import Settings
 from .errors import JlabgwError
-from .render import outputs_to_content
+from .render import Limits, outputs_to_content
 from .sessions import ExecutionResult, Progress, SessionManager
 from .state import ServerStateFile
 
@@ -41,6 +41,11 @@ document steps, edit_cell to fix and re-run a cell. To continue earlier work, us
 start_session_resume_notebook (re-runs the notebook to rebuild its state) or
 start_session_continue_notebook (copies it, fresh kernel, nothing re-run). Do not shut sessions
 down unless the user asks: their state is valuable.
+
+Long cells: execute_code returns after about 30 s with the output so far and an execution_id
+while the cell keeps running; call get_execution to receive the rest (it waits for more), and
+interrupt_kernel to stop it. A session runs one cell at a time; different sessions run in
+parallel. Long outputs are shortened in results (the middle is cut); the notebook keeps all.
 """
 
 _SHUTDOWN_TIMEOUT = 30.0
@@ -84,16 +89,47 @@ def _user_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
-def _execution_result(result: ExecutionResult) -> ToolResult:
-    content = outputs_to_content(result.outputs)
+def _limits(ctx: Context) -> Limits:
+    settings = _sessions(ctx).settings
+    return Limits(settings.output_limit, settings.image_max_px, settings.image_max_bytes)
+
+
+def _execution_result(result: ExecutionResult, limits: Limits) -> ToolResult:
+    where = f"cell {result.cell_index} of {result.notebook_path.name}"
+    header = (
+        "[the output was cleared or redrawn since the last report; this is all of it now]\n"
+        if result.redrawn
+        else ""
+    )
+    footer = ""
+    if result.status == "queued":
+        footer = (
+            f"\n[queued behind another execution for {result.elapsed:.0f} s: "
+            f"execution_id={result.execution_id!r}; get_execution follows it]"
+        )
+    elif result.running:
+        footer = (
+            f"\n[still running after {result.elapsed:.0f} s, in {where}: "
+            f"execution_id={result.execution_id!r}. get_execution(session_id, "
+            f"execution_id={result.execution_id!r}) returns the output from here on; "
+            "interrupt_kernel stops it. Its output keeps going into the notebook.]"
+        )
+    elif result.follow_up:
+        footer = (
+            f"\n[finished after {result.elapsed:.0f} s with status {result.status}, "
+            f"execution_count {result.execution_count}, in {where}]"
+        )
+    content = outputs_to_content(result.outputs, limits, where, header=header, footer=footer)
     content += [TextContent(type="text", text=f"warning: {w}") for w in result.warnings]
     return ToolResult(
         content=content,
         is_error=result.is_error,
         meta={
+            "execution_id": result.execution_id,
             "cell_index": result.cell_index,
             "execution_count": result.execution_count,
             "status": result.status,
+            "elapsed": round(result.elapsed, 3),
             "notebook_path": str(result.notebook_path),
         },
     )
@@ -135,14 +171,64 @@ async def execute_code(
     session_id: SessionId,
     code: Annotated[str, Field(description="Code to run in the session's kernel.")],
     ctx: Context,
+    timeout: Annotated[  # noqa: ASYNC109 - the cell's time limit, not this call's
+        float | None,
+        Field(description="Interrupt the cell after this many seconds (default: no limit)."),
+    ] = None,
+    queue: Annotated[
+        bool,
+        Field(
+            description="If the session is busy, run after the running cell instead of refusing."
+        ),
+    ] = False,
 ) -> ToolResult:
     """Append a code cell to the session's notebook, run it, and return its outputs.
 
     Returns text (stdout/stderr, results) and images. If the code raises, the result is an
     error carrying the exception name, message and traceback; the cell stays in the notebook.
+    A cell still running after a while (JLABGW_EXEC_WAIT, 30 s) is returned with its output so
+    far and an execution_id; it keeps running: follow it with get_execution.
     """
-    result = await _sessions(ctx).execute(session_id, code, _progress(ctx))
-    return _execution_result(result)
+    manager = _sessions(ctx)
+    result = await manager.execute(
+        session_id,
+        code,
+        _progress(ctx),
+        wait=manager.settings.exec_wait,
+        cell_timeout=timeout,
+        queue=queue,
+    )
+    return _execution_result(result, _limits(ctx))
+
+
+async def get_execution(
+    session_id: SessionId,
+    ctx: Context,
+    execution_id: Annotated[
+        str | None,
+        Field(description="From execute_code's result; default: the session's latest."),
+    ] = None,
+    wait: Annotated[
+        float | None,
+        Field(
+            description="Seconds to wait for the cell to finish (default JLABGW_EXEC_WAIT).",
+            ge=0,
+            le=600,
+        ),
+    ] = None,
+) -> ToolResult:
+    """Output a running (or finished) cell added since the last report, and whether it finished.
+
+    Waits up to `wait` seconds for the cell to finish; call again while it is still running.
+    """
+    manager = _sessions(ctx)
+    result = await manager.get_execution(
+        session_id,
+        execution_id,
+        _progress(ctx),
+        wait=manager.settings.exec_wait if wait is None else wait,
+    )
+    return _execution_result(result, _limits(ctx))
 
 
 async def edit_cell(
@@ -157,10 +243,13 @@ async def edit_cell(
 
     A markdown cell only gets the new text.
     """
-    result = await _sessions(ctx).edit_cell(session_id, cell_index, code, _progress(ctx))
+    manager = _sessions(ctx)
+    result = await manager.edit_cell(
+        session_id, cell_index, code, _progress(ctx), wait=manager.settings.exec_wait
+    )
     if isinstance(result, str):
         return ToolResult(content=[TextContent(type="text", text=result)])
-    return _execution_result(result)
+    return _execution_result(result, _limits(ctx))
 
 
 async def add_markdown(
@@ -203,6 +292,7 @@ TOOLS = (
     start_session_resume_notebook,
     start_session_continue_notebook,
     execute_code,
+    get_execution,
     edit_cell,
     add_markdown,
     shutdown_session,

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
 from .backends.base import Backend, Progress
@@ -36,14 +35,15 @@ from .errors import (
     KernelNotFoundError,
     SessionBusyError,
     SessionLostError,
+    UnknownExecutionError,
     UnknownSessionError,
 )
+from .executions import Execution, ExecutionResult
 from .gateway import GatewayClient
 from .kernel import KernelConnection
 from .notebook import NotebookDoc, NotebookWriter
 from .outputs import DisplayIndex, OutputRecorder
 from .paths import experiment_filename, resolve_notebook_path
-from .render import has_error
 
 __all__ = ["ExecutionResult", "Progress", "Session", "SessionManager"]
 
@@ -51,23 +51,6 @@ log = logging.getLogger(__name__)
 
 
 _KERNEL_READY_TIMEOUT = 120.0
-
-
-@dataclass
-class ExecutionResult:
-    """What one execution produced. ``outputs`` is the cell's final output list."""
-
-    session_id: str
-    cell_index: int
-    execution_count: int | None
-    status: str  # "ok" | "error" | "aborted"
-    outputs: list[NotebookNode]
-    notebook_path: Path
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def is_error(self) -> bool:
-        return self.status != "ok" or has_error(self.outputs)
 
 
 @dataclass
@@ -83,6 +66,7 @@ class Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     executions: int = 0
     kernel_state: str = "idle"
+    runs: dict[str, Execution] = field(default_factory=dict)  # recent executions, oldest first
     # waiting for the gateway, then the kernel's start until it answered kernel_info
     start_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -107,6 +91,8 @@ async def _no_progress(done: float, total: float | None, message: str) -> None:
 
 _Started = tuple[KernelConnection, dict[str, Any], dict[str, float]]
 _SPARE_CHECK_TIMEOUT = 10.0
+_DISCARD_TIMEOUT = 10.0
+_KEEP_RUNS = 20  # finished executions kept for get_execution, per session
 
 
 def _ok(task: asyncio.Task[Any]) -> bool:
@@ -236,20 +222,14 @@ class SessionManager:
                 await conn.kernel_info()  # alive: not culled, gateway still there
         except (JlabgwError, TimeoutError) as exc:
             log.info("the kernel started ahead is gone (%s); starting a new one", exc)
-            await self._discard(conn)
+            await self._discard_kernel(conn)
             return None
         return conn, metadata, {"gateway": 0.0, "kernel": round(time.monotonic() - t0, 3)}
-
-    async def _discard(self, conn: KernelConnection) -> None:
-        await conn.close()
-        with contextlib.suppress(JlabgwError, TimeoutError):
-            async with asyncio.timeout(_SPARE_CHECK_TIMEOUT):
-                await (await self.gateway()).delete_kernel(conn.kernel_id)
 
     def _discard_later(self, spare: asyncio.Task[_Started]) -> None:
         if not spare.cancelled() and spare.exception() is None:
             conn = spare.result()[0]
-            task = asyncio.create_task(self._discard(conn))
+            task = asyncio.create_task(self._discard_kernel(conn))
             task.add_done_callback(_log_spare_failure)
 
     async def _drop_spare(self) -> None:
@@ -260,7 +240,7 @@ class SessionManager:
             spare.cancel()  # _start_kernel deletes a kernel it started when cancelled
         with contextlib.suppress(asyncio.CancelledError, JlabgwError):
             conn = (await spare)[0]
-            await self._discard(conn)
+            await self._discard_kernel(conn)
 
     async def _start_kernel(self, progress: Progress) -> _Started:
         """A new kernel, answering; its notebook metadata; seconds spent per step."""
@@ -346,9 +326,11 @@ class SessionManager:
         }
 
     async def _discard_kernel(self, conn: KernelConnection) -> None:
+        """Close and delete a kernel no session uses (bounded: the gateway may be gone)."""
         await conn.close()
-        with contextlib.suppress(JlabgwError):
-            await (await self.gateway()).delete_kernel(conn.kernel_id)
+        with contextlib.suppress(JlabgwError, TimeoutError):
+            async with asyncio.timeout(_DISCARD_TIMEOUT):
+                await (await self.gateway()).delete_kernel(conn.kernel_id)
 
     async def start_new(
         self,
@@ -450,13 +432,29 @@ class SessionManager:
     # -- execution -----------------------------------------------------------------------------
 
     async def execute(
-        self, session_id: str, code: str, progress: Progress = _no_progress
+        self,
+        session_id: str,
+        code: str,
+        progress: Progress = _no_progress,
+        *,
+        wait: float | None = None,
+        cell_timeout: float | None = None,
+        queue: bool = False,
     ) -> ExecutionResult:
+        """Run ``code`` in a new cell; see :meth:`_run_cell` for the keywords."""
         session = self.get(session_id)
-        return await self._run_cell(session, None, code, progress)
+        return await self._run_cell(
+            session, None, code, progress, wait=wait, cell_timeout=cell_timeout, queue=queue
+        )
 
     async def edit_cell(
-        self, session_id: str, cell_index: int, code: str, progress: Progress = _no_progress
+        self,
+        session_id: str,
+        cell_index: int,
+        code: str,
+        progress: Progress = _no_progress,
+        *,
+        wait: float | None = None,
     ) -> ExecutionResult | str:
         """Replace a cell's source. Code cells are re-executed; markdown cells just change."""
         session = self.get(session_id)
@@ -466,35 +464,122 @@ class SessionManager:
             with session.doc.editing(cell):
                 cell.source = code
             return f"cell {index} ({cell.cell_type}) updated; not executed"
-        return await self._run_cell(session, index, code, progress)
+        return await self._run_cell(session, index, code, progress, wait=wait)
+
+    async def get_execution(
+        self,
+        session_id: str,
+        execution_id: str | None = None,
+        progress: Progress = _no_progress,
+        *,
+        wait: float | None = None,
+    ) -> ExecutionResult:
+        """Output added since the last report of an execution (default: the latest one),
+        waiting up to ``wait`` seconds for it to finish."""
+        session = self.get(session_id)
+        if not session.runs:
+            raise UnknownExecutionError(
+                f"session {session_id} has not run any code yet; execute_code runs some"
+            )
+        if execution_id is None:
+            execution = next(reversed(session.runs.values()))
+        elif execution_id in session.runs:
+            execution = session.runs[execution_id]
+        else:
+            known = ", ".join(session.runs)
+            raise UnknownExecutionError(
+                f"unknown execution_id {execution_id!r} in session {session_id} (recent: "
+                f"{known}); omit execution_id for the latest"
+            )
+        return await self._follow(session, execution, progress, wait)
+
+    def _busy_with(self, session: Session) -> Execution | None:
+        return next((e for e in session.runs.values() if not e.done), None)
 
     async def _run_cell(
-        self, session: Session, index: int | None, code: str | None, progress: Progress
-    ) -> ExecutionResult:
-        """Run ``code`` in a new cell (index None) or in cell ``index`` (new source if given)."""
-        started = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self._execution(session, index, code, started))
-        task.add_done_callback(_consume_outcome)
-        # The execution is its own task: a cancelled caller leaves the cell running and
-        # recording into the notebook, and the session lock held until it finishes.
-        t0 = time.monotonic()
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=self.settings.progress_interval)
-            if done:
-                return task.result()
-            recorder: OutputRecorder | None = started.result() if started.done() else None
-            line = recorder.last_line[-200:] if recorder else ""
-            elapsed = time.monotonic() - t0
-            message = f"running for {elapsed:.0f} s" + (f": {line}" if line else "")
-            await progress(elapsed, None, message)
-
-    async def _execution(
         self,
         session: Session,
         index: int | None,
         code: str | None,
-        started: asyncio.Future[OutputRecorder],
+        progress: Progress,
+        *,
+        wait: float | None = None,
+        cell_timeout: float | None = None,
+        queue: bool = False,
     ) -> ExecutionResult:
+        """Run ``code`` in a new cell (index None) or in cell ``index`` (new source if given).
+
+        Waits up to ``wait`` seconds (None: until done); a run still going then is reported
+        with the output so far and goes on (``get_execution`` follows it). ``cell_timeout``
+        interrupts the cell after that many seconds. On a busy session this refuses, naming
+        the run in the way, unless ``queue``."""
+        busy = self._busy_with(session)
+        if busy is not None and not queue:
+            where = f"cell {busy.cell_index}" if busy.cell_index is not None else "queued"
+            raise SessionBusyError(
+                f"session {session.id} is still running execution {busy.id} ({where}, "
+                f"{busy.elapsed:.0f} s). get_execution(session_id, execution_id={busy.id!r}) "
+                "follows it, interrupt_kernel stops it, or pass queue=true to run this after it"
+            )
+        execution = Execution(session.id, session.doc, cell_timeout)
+        # The execution is its own task: a caller that stops waiting (or is cancelled)
+        # leaves the cell running and recording into the notebook.
+        execution.task = asyncio.create_task(self._execution(session, execution, index, code))
+        execution.task.add_done_callback(_consume_outcome)
+        session.runs[execution.id] = execution
+        while len(session.runs) > _KEEP_RUNS and next(iter(session.runs.values())).done:
+            session.runs.pop(next(iter(session.runs)))
+        return await self._follow(session, execution, progress, wait)
+
+    async def _follow(
+        self,
+        session: Session,
+        execution: Execution,
+        progress: Progress,
+        wait: float | None,
+    ) -> ExecutionResult:
+        assert execution.task is not None
+        t0 = time.monotonic()
+        while True:
+            step = self.settings.progress_interval
+            if wait is not None:
+                step = min(step, max(0.0, t0 + wait - time.monotonic()))
+            done, _ = await asyncio.wait({execution.task}, timeout=step)
+            if done or (wait is not None and time.monotonic() >= t0 + wait):
+                break
+            line = execution.last_line[-200:]
+            state = "queued" if execution.cell is None else "running"
+            message = f"{state} for {execution.elapsed:.0f} s" + (f": {line}" if line else "")
+            await progress(execution.elapsed, None, message)
+        reply = execution.task.result() if done else None  # raises what the run raised
+        outputs, redrawn = execution.new_outputs()
+        execution.reports += 1
+        warnings = [session.doc.write_error] if session.doc.write_error else []
+        if execution.timed_out:
+            warnings.append(
+                f"the cell was interrupted after its timeout of {execution.timeout:g} s"
+            )
+        if reply is None:
+            status = "queued" if execution.cell is None else "running"
+        else:
+            status = str(reply.get("status", "ok"))
+        return ExecutionResult(
+            session_id=session.id,
+            execution_id=execution.id,
+            cell_index=execution.cell_index,
+            execution_count=reply.get("execution_count") if reply else None,
+            status=status,
+            outputs=outputs,
+            notebook_path=session.doc.path,
+            elapsed=execution.elapsed,
+            redrawn=redrawn,
+            follow_up=execution.reports > 1,
+            warnings=warnings,
+        )
+
+    async def _execution(
+        self, session: Session, execution: Execution, index: int | None, code: str | None
+    ) -> dict[str, Any]:
         async with session.lock:
             doc = session.doc
             if index is None:
@@ -508,26 +593,31 @@ class SessionManager:
                     cell.outputs = []
                     cell.execution_count = None
             recorder = OutputRecorder(doc, cell, session.displays)
-            started.set_result(recorder)
+            execution.begin(cell, index, recorder)
             session.executions += 1
+            watchdog = None
+            if execution.timeout is not None:
+                watchdog = asyncio.get_running_loop().call_later(
+                    execution.timeout, self._on_timeout, session, execution
+                )
             try:
                 reply = await session.conn.execute(cell.source, recorder)
             except (ConnectionLostError, GatewayError) as exc:
                 await self._raise_if_lost(session, exc)
                 raise
-            content = reply.get("content", {})
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+            content: dict[str, Any] = reply.get("content", {})
             with doc.editing(cell):
                 cell.execution_count = content.get("execution_count")
-            warnings = [doc.write_error] if doc.write_error else []
-            return ExecutionResult(
-                session_id=session.id,
-                cell_index=index,
-                execution_count=cell.execution_count,
-                status=str(content.get("status", "ok")),
-                outputs=list(cell.outputs),
-                notebook_path=doc.path,
-                warnings=warnings,
-            )
+            return content
+
+    def _on_timeout(self, session: Session, execution: Execution) -> None:
+        execution.timed_out = True
+        log.info("execution %s passed its timeout; interrupting", execution.id)
+        task = asyncio.create_task(self.interrupt(session.id))
+        task.add_done_callback(_consume_outcome)
 
     async def _raise_if_lost(self, session: Session, exc: Exception) -> None:
         """Turn a dead gateway or ended job into an error that says how to carry on."""

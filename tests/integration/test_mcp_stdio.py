@@ -33,6 +33,7 @@ TOOLS = {
     "start_session_resume_notebook",
     "start_session_continue_notebook",
     "execute_code",
+    "get_execution",
     "edit_cell",
     "add_markdown",
     "shutdown_session",

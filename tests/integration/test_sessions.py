@@ -19,6 +19,7 @@ from jlabgw.errors import (
     KernelNotFoundError,
     PathOutsideNotebookDirError,
     SessionBusyError,
+    UnknownExecutionError,
     UnknownSessionError,
 )
 from jlabgw.gateway import GatewayClient
@@ -134,7 +135,8 @@ async def test_concurrent_calls_lose_no_cell(manager: SessionManager) -> None:
             await manager.add_markdown(sid, f"{t}-{i}")
 
     await asyncio.gather(
-        *(writer(t) for t in range(4)), *(manager.execute(sid, f"{i}") for i in range(5))
+        *(writer(t) for t in range(4)),
+        *(manager.execute(sid, f"{i}", queue=True) for i in range(5)),
     )
     manager.writer.flush()
     nb = on_disk(manager.get(sid).doc.path)
@@ -145,14 +147,12 @@ async def test_concurrent_calls_lose_no_cell(manager: SessionManager) -> None:
 
 
 async def test_sessions_run_in_parallel(manager: SessionManager) -> None:
-    sids = [(await manager.start_new(f"p{i}"))["session_id"] for i in range(3)]
-    t0 = asyncio.get_running_loop().time()
-    results = await asyncio.gather(
-        *(manager.execute(sid, "import time; time.sleep(1.5); 'ok'") for sid in sids)
-    )
-    elapsed = asyncio.get_running_loop().time() - t0
-    assert all(outputs_to_text(r.outputs) == "'ok'\n" for r in results)
-    assert elapsed < 4.0, f"3 x 1.5 s sleeps took {elapsed:.1f} s: not parallel"
+    sids = [(await manager.start_new(f"p{i}"))["session_id"] for i in range(8)]
+    code = "import time; t0 = time.time(); time.sleep(2); print(t0, time.time())"
+    results = await asyncio.gather(*(manager.execute(sid, code) for sid in sids))
+    spans = [tuple(map(float, outputs_to_text(r.outputs).split())) for r in results]
+    # parallel, not one after another: every cell started before any of them ended
+    assert max(start for start, _ in spans) < min(end for _, end in spans), spans
 
 
 async def test_resume_reruns_in_place_and_reports_failures(manager: SessionManager) -> None:
@@ -274,7 +274,9 @@ async def test_cancelled_caller_leaves_the_cell_running(manager: SessionManager)
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
-    after = await manager.execute(sid, "'next'")  # waits for the running cell, then runs
+    with pytest.raises(SessionBusyError):  # still running: said, not silently queued
+        await manager.execute(sid, "'next'")
+    after = await manager.execute(sid, "'next'", queue=True)  # waits for it, then runs
     assert after.cell_index == 1
     manager.writer.flush()
     nb = on_disk(manager.get(sid).doc.path)
@@ -367,3 +369,107 @@ async def test_a_spare_kernel_is_taken_by_the_next_session_and_replaced(
         assert {k["id"] for k in await client.list_kernels()} - before == set()
     finally:
         await client.aclose()
+
+
+LONG_CELL = """
+import time
+for i in range(12):
+    print(f"step {i}", flush=True)
+    time.sleep(0.5)
+'done'
+"""
+
+
+async def test_a_long_cell_returns_early_and_is_followed_to_the_end(
+    manager: SessionManager,
+) -> None:
+    sid = (await manager.start_new("long"))["session_id"]
+    first = await manager.execute(sid, LONG_CELL, wait=1.0)
+    assert first.running
+    assert first.status == "running"
+    assert not first.is_error
+    seen = outputs_to_text(first.outputs)
+    assert seen.startswith("step 0\n")
+    # busy: a second cell is refused, naming the running execution and what to do
+    with pytest.raises(SessionBusyError, match=rf"execution {first.execution_id}.*queue=true"):
+        await manager.execute(sid, "1")
+    reports = [first]
+    for _ in range(30):  # bounded: 6 s of cell, 1 s per report
+        if not reports[-1].running:
+            break
+        reports.append(await manager.get_execution(sid, first.execution_id, wait=1.0))
+        seen += outputs_to_text(reports[-1].outputs)
+    last = reports[-1]
+    assert not last.running
+    assert last.status == "ok"
+    assert last.execution_count == 1  # ran once
+    assert not any(r.redrawn for r in reports)
+    # every line once, in order, across the reports
+    assert seen == "".join(f"step {i}\n" for i in range(12)) + "'done'\n"
+    again = await manager.get_execution(sid)  # the latest one; nothing new
+    assert again.outputs == []
+    assert again.status == "ok"
+    manager.writer.flush()
+    cell = on_disk(manager.get(sid).doc.path).cells[0]
+    assert cell.outputs[0].text == "".join(f"step {i}\n" for i in range(12))
+
+
+async def test_queue_runs_after_the_busy_cell(manager: SessionManager) -> None:
+    sid = (await manager.start_new("queued"))["session_id"]
+    slow = await manager.execute(sid, "import time; time.sleep(2); x = 1", wait=0.2)
+    assert slow.running
+    queued = await manager.execute(sid, "x + 1", queue=True)  # waits for its turn
+    assert outputs_to_text(queued.outputs) == "2\n"
+    assert queued.cell_index == 1
+    done = await manager.get_execution(sid, slow.execution_id, wait=10)
+    assert done.status == "ok"
+    with pytest.raises(UnknownExecutionError, match="recent"):
+        await manager.get_execution(sid, "nope")
+
+
+async def test_timeout_interrupts_the_cell(manager: SessionManager) -> None:
+    sid = (await manager.start_new("timeout"))["session_id"]
+    result = await manager.execute(
+        sid, "import time; print('start', flush=True); time.sleep(60)", cell_timeout=1.5
+    )
+    assert result.is_error
+    assert "KeyboardInterrupt" in outputs_to_text(result.outputs)
+    assert any("timeout of 1.5 s" in w for w in result.warnings)
+    after = await manager.execute(sid, "'alive'")  # the kernel and its state survive
+    assert outputs_to_text(after.outputs) == "'alive'\n"
+
+
+async def test_a_redrawn_progress_bar_is_reported_whole(manager: SessionManager) -> None:
+    sid = (await manager.start_new("redraw"))["session_id"]
+    code = (
+        "import time\nfrom IPython.display import clear_output\n"
+        "for i in range(8):\n    clear_output(wait=True)\n    print(f'{i}/7', flush=True)\n"
+        "    time.sleep(0.3)\n"
+    )
+    first = await manager.execute(sid, code, wait=0.8)
+    assert first.running
+    later = await manager.get_execution(sid, wait=10)
+    assert later.status == "ok"
+    assert later.redrawn  # the earlier output was replaced, so this is the whole of it
+    assert outputs_to_text(later.outputs) == "7/7\n"
+
+
+async def test_kernel_death_is_clear_and_restart_brings_the_session_back(
+    manager: SessionManager,
+) -> None:
+    sid = (await manager.start_new("dies"))["session_id"]
+    await manager.execute(sid, "x = 1")
+    with pytest.raises(KernelDiedError, match="died"):
+        await manager.execute(sid, "import os; os._exit(1)", wait=30)
+    for _ in range(100):  # bounded: the gateway restarts the kernel by itself
+        try:
+            result = await manager.execute(sid, "'back'", wait=30)
+            break
+        except SessionBusyError:
+            await asyncio.sleep(0.1)
+    assert outputs_to_text(result.outputs) == "'back'\n"
+    assert "restarted" in await manager.restart(sid)
+    assert "NameError" in outputs_to_text((await manager.execute(sid, "x")).outputs)
+    manager.writer.flush()
+    sources = [c.source for c in on_disk(manager.get(sid).doc.path).cells]
+    assert sources == ["x = 1", "import os; os._exit(1)", "'back'", "x"]

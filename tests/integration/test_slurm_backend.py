@@ -358,3 +358,34 @@ async def test_submission_over_ssh_as_the_cluster_user(
     nb = nbformat.read(notebook, as_version=4)  # the notebook is local, on the laptop
     assert nb.cells[0].outputs[-1]["data"]["text/plain"] == "42"
     assert token not in (tmp_path / "server.log").read_text()
+
+
+async def test_long_cell_and_ten_megabytes_through_the_tunnel(
+    tmp_path: Path, slurm: SlurmCluster, sshd: SSHDServer
+) -> None:
+    from tests.integration.test_workloads import body, poll_to_the_end
+
+    env = slurm_env(tmp_path, slurm, sshd, JLABGW_JOB_NAME="jlabgw-workload", JLABGW_EXEC_WAIT="2")
+    code = (
+        "import time\nfor i in range(8):\n    print(f'tick {i}', flush=True)\n    time.sleep(1)\n"
+    )
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            sid = await new_session(client, "cluster workload")
+            first = await call(client, "execute_code", session_id=sid, code=code)
+            assert first.meta["status"] == "running"
+            reports = await poll_to_the_end(client, sid, first)
+            assert "".join(body(r) for r in reports) == "".join(f"tick {i}\n" for i in range(8))
+            assert reports[-1].meta["execution_count"] == 1
+
+            big = await call(
+                client,
+                "execute_code",
+                session_id=sid,
+                code="print(('0123456789' * 10 + '\\n') * 100_000, end='')",
+            )
+            assert not big.is_error
+            assert "characters cut here" in text_of(big)
+            notebook = big.meta["notebook_path"]
+    cells = nbformat.read(notebook, as_version=4).cells
+    assert len(cells[1].outputs[0].text) == 101 * 100_000

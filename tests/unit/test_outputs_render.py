@@ -170,7 +170,7 @@ def test_render_plain_fallback_and_empty(doc: NotebookDoc) -> None:
     )
     assert outputs_to_text(cell.outputs) == "   a\n0  1\n"
     only_html = record(doc, msg("display_data", data={"text/html": "<b/>"}, metadata={}))
-    assert "text/html output" in outputs_to_text(only_html.outputs)
+    assert outputs_to_text(only_html.outputs) == "[text/html]\n<b/>\n"  # the source, marked
     blocks = outputs_to_content([])
     assert isinstance(blocks[0], TextContent)
     assert blocks[0].text == "(no output)"
@@ -178,3 +178,86 @@ def test_render_plain_fallback_and_empty(doc: NotebookDoc) -> None:
 
 def test_strip_ansi() -> None:
     assert strip_ansi("\x1b[1;32mgreen\x1b[0m \x1b[2Kdone") == "green done"
+
+
+def test_cap_keeps_head_and_mostly_tail_and_says_where() -> None:
+    from jlabgw.render import cap_text
+
+    text = "".join(f"line {i}\n" for i in range(100_000))
+    capped = cap_text(text, 2000, "cell 3 of run.ipynb")
+    assert len(capped) <= 2000
+    assert capped.startswith("line 0\n")
+    assert capped.endswith("line 99999\n")
+    cut = len(text) - len(capped.split("\n[... ")[0]) - len(capped.split("...]\n")[-1])
+    assert f"[... {cut:,} characters cut here; the whole output is in cell 3 of run.ipynb" in capped
+    assert cap_text("short", 2000, "x") == "short"
+
+
+def test_text_blocks_share_the_limit_and_images_are_kept() -> None:
+    from jlabgw.render import Limits
+
+    outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="a" * 50_000),
+        nbformat.v4.new_output(
+            "display_data", data={"image/png": base64.b64encode(tiny_png()).decode()}
+        ),
+        nbformat.v4.new_output("stream", name="stdout", text="b" * 10_000),
+    ]
+    blocks = outputs_to_content(outputs, Limits(text=6000), "cell 0 of x.ipynb", footer="\n[end]")
+    assert [type(b) for b in blocks] == [TextContent, ImageContent, TextContent]
+    assert sum(len(b.text) for b in blocks if isinstance(b, TextContent)) <= 6000
+    assert blocks[-1].text.endswith("b\n[end]")
+    assert "characters cut here" in blocks[0].text
+
+
+def test_carriage_returns_collapse_to_the_last_state() -> None:
+    from jlabgw.render import collapse_carriage_returns
+
+    bar = "".join(f"\r{i}/100" for i in range(101)) + "\n" + "done\n"
+    assert collapse_carriage_returns(bar) == "100/100\ndone\n"
+    assert collapse_carriage_returns("a\r\nb\n") == "a\nb\n"  # CRLF line ends are kept as lines
+    assert collapse_carriage_returns("plain\n") == "plain\n"
+
+
+def test_rich_fallbacks_and_svg() -> None:
+    outputs = [
+        nbformat.v4.new_output("display_data", data={"application/json": {"a": [1, 2]}}),
+        nbformat.v4.new_output("display_data", data={"text/markdown": "# Title"}),
+        nbformat.v4.new_output(
+            "display_data", data={"image/svg+xml": "<svg/>", "text/plain": "<Figure>"}
+        ),
+        nbformat.v4.new_output("display_data", data={"text/html": "<b>x</b>", "text/plain": "x"}),
+    ]
+    text = outputs_to_text(outputs)
+    assert text == (
+        '[application/json]\n{\n "a": [\n  1,\n  2\n ]\n}\n'
+        "[text/markdown]\n# Title\n"
+        "[SVG image]\n<svg/>\n"
+        "x\n"
+    )
+
+
+def test_big_images_are_downscaled_small_ones_untouched() -> None:
+    import io
+
+    from PIL import Image
+
+    from jlabgw.render import Limits, fit_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (3000, 1000), (10, 200, 30)).save(buf, "PNG")
+    raw = buf.getvalue()
+    fitted = fit_image(raw, "png", Limits(image_px=600))
+    assert fitted is not None
+    data, fmt = fitted
+    assert Image.open(io.BytesIO(data)).size == (600, 200)
+    assert fmt == "png"
+    assert fit_image(raw, "png", Limits(image_px=4000)) == (raw, "png")  # fits: as is
+    # noise does not compress: past the byte cap it becomes a JPEG, then smaller
+    noisy = Image.frombytes("RGB", (1200, 1200), bytes(range(256)) * (1200 * 1200 * 3 // 256))
+    buf = io.BytesIO()
+    noisy.save(buf, "PNG")
+    capped = fit_image(buf.getvalue(), "png", Limits(image_px=1568, image_bytes=100_000))
+    assert capped is not None
+    assert len(capped[0]) <= 100_000
+    assert fit_image(b"not an image", "png", Limits()) is None
