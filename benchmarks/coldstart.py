@@ -41,7 +41,7 @@ JOB_VENV = Path(os.environ.get("JLABGW_TEST_JOB_VENV", "/opt/jlabgw-test/job-ven
 
 def server_env(workdir: Path, sshd: Any, slurm: Any, submit: str) -> dict[str, str]:
     home = workdir / "home"
-    home.mkdir(exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(home),

@@ -6,7 +6,8 @@
 (2) 8 sessions each running ``time.sleep(2)`` at once: wall time.
 (3) ``1+1`` in a session whose notebook holds 500 cells with 30 MB of outputs, against ``1+1``
     in a fresh session of the same server, interleaved.
-(4) The MCP server's peak RSS (VmHWM) after (1)-(2), and after (3).
+(4) The MCP server's peak RSS (VmHWM): after an ordinary session (100 small cells), after
+    (1)-(2) (the notebook then holds 80 MB of output, in memory too), and after (3).
 
 ``--slurm`` needs root and tests/cluster/setup-system.sh (it starts the test SLURM and a
 login-node sshd, as benchmarks/coldstart.py does).
@@ -38,6 +39,7 @@ BIG_BYTES = 101 * 100_000
 
 
 def base_env(workdir: Path) -> dict[str, str]:
+    workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "empty.toml").touch()
     return {
         "PATH": os.environ.get("PATH", ""),
@@ -127,6 +129,16 @@ async def big_print_runs(env: dict[str, str], n: int, label: str) -> dict[str, A
         "parallel_8x2s_wall_s": parallel,
         "server_peak_rss_mib": rss,
     }
+
+
+async def typical_rss(env: dict[str, str]) -> float:
+    """Peak RSS of a server that ran one ordinary session: 100 small cells, a 100 kB print."""
+    async with mcp_server(env) as client:
+        sid = await new_session(client, "typical")
+        for i in range(100):
+            await client.call_tool("execute_code", {"session_id": sid, "code": f"x = {i}; x * 2"})
+        await client.call_tool("execute_code", {"session_id": sid, "code": "print('y' * 100_000)"})
+        return peak_rss_mib(await server_pid(client))
 
 
 async def parallel_sleeps(client: Any) -> float:
@@ -239,9 +251,9 @@ async def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="jlabgw-throughput-"))
     results: dict[str, Any] = {}
     try:
+        results["typical_rss_mib"] = await typical_rss(base_env(workdir / "typical"))
         results["local"] = await big_print_runs(base_env(workdir / "local"), args.n, "local")
         if args.slurm:
-            (workdir / "slurm").mkdir()
             with slurm_env(workdir) as env:
                 results["slurm"] = await big_print_runs(env, args.n, "slurm tunnel")
         results["big_notebook"] = await big_notebook_runs(
@@ -261,6 +273,10 @@ async def main() -> None:
                 f"8 x sleep(2) in parallel: {r['parallel_8x2s_wall_s']:.2f} s; "
                 f"server peak RSS {r['server_peak_rss_mib']:.0f} MiB"
             )
+    print(
+        f"server peak RSS after an ordinary session (100 small cells, a 100 kB print): "
+        f"{results['typical_rss_mib']:.0f} MiB"
+    )
     b = results["big_notebook"]
     print(
         f"1+1: fresh {b['fresh_ms']:.2f} ms, at 500 cells / {b['big_file_mb']:.0f} MB "

@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["atomic_write", "ensure_private_dir", "write_private_file"]
@@ -25,8 +26,9 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Replace ``path`` with ``data`` atomically.
+def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` (bytes, or parts written one after the other, so a big
+    file need not exist in memory twice) atomically.
 
     ``mode=None`` keeps the existing file's permission bits, or lets the umask decide for a new
     file. An explicit ``mode`` (e.g. 0o600) is applied before any byte is written.
@@ -43,10 +45,11 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
             os.fchmod(fd, mode)  # the umask may have removed bits we asked for
         elif keep_mode is not None:
             os.fchmod(fd, keep_mode)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for part in [data] if isinstance(data, bytes) else data:
+            view = memoryview(part)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
         os.fsync(fd)
     except BaseException:
         os.close(fd)

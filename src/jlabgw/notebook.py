@@ -151,45 +151,48 @@ class NotebookDoc:
         with self._lock:
             return self.version, copy.deepcopy(self.nb)
 
-    def serialize(self) -> tuple[int, bytes]:
-        """Serialise, then validate the bytes; raise ``nbformat.ValidationError`` if invalid.
+    def serialize(self) -> tuple[int, list[bytes]]:
+        """The file's bytes, in parts; raise ``nbformat.ValidationError`` if invalid.
 
-        Only ``json.dumps`` of the changed cells runs under the lock (tool calls wait for it);
-        the validation, the costlier half, runs on parsed copies of exactly the bytes that will
-        be written: each changed cell against its cell schema, the rest of the notebook (with
-        no cells) against the notebook schema.
+        Under the lock (tool calls wait for it): ``json.dumps`` of the changed cells and of the
+        small top level, and a copy of what was dumped with long strings emptied (the schema
+        only needs their type). Outside it, the costlier half: validating that copy, the top
+        level and the changed cells together, against the full notebook schema.
         """
         with self._lock:
             version = self.version
             cache: dict[int, tuple[NotebookNode, bytes, bool]] = {}
             parts: list[bytes] = []
+            unchecked: list[tuple[int, bytes, Any]] = []
             for cell in self.nb.cells:
                 key = id(cell)
                 entry = self._cache.get(key)
                 if entry is None or self._all_stale or key in self._stale:
                     entry = (cell, _dumps(cell, depth=2), False)
+                if not entry[2]:
+                    unchecked.append((key, entry[1], _skeleton(cell)))
                 cache[key] = entry
                 parts.append(entry[1])
             self._cache = cache
             self._stale.clear()
             self._all_stale = False
-            top = {k: v for k, v in self.nb.items() if k != "cells"}
-            unchecked = [(key, e[1]) for key, e in cache.items() if not e[2]]
+            top = {
+                k: (_dumps(v, depth=1), _skeleton(v)) for k, v in self.nb.items() if k != "cells"
+            }
         try:
-            # a notebook of the top level and the changed cells: the full schema, per cell
-            partial = json.loads(_dumps(top, depth=0))
-            partial["cells"] = [json.loads(data) for _, data in unchecked]
+            partial = {k: skeleton for k, (_, skeleton) in top.items()}
+            partial["cells"] = [skeleton for _, _, skeleton in unchecked]
             nbformat.validate(partial)
-        except (nbformat.ValidationError, ValueError):
+        except nbformat.ValidationError:
             with self._lock:  # check them again next time: they were never written
-                self._stale.update(key for key, _ in unchecked)
+                self._stale.update(key for key, _, _ in unchecked)
             raise
         with self._lock:
-            for key, data in unchecked:
+            for key, data, _ in unchecked:
                 entry = self._cache.get(key)
                 if entry is not None and entry[1] is data:
                     self._cache[key] = (entry[0], data, True)
-        return version, _join(top, parts)
+        return version, _join({k: dumped for k, (dumped, _) in top.items()}, parts)
 
     def flush(self, timeout: float = 30.0) -> None:
         self._writer.flush(self, timeout)
@@ -207,16 +210,37 @@ def _dumps(value: Any, depth: int) -> bytes:
     return text.encode()
 
 
-def _join(top: dict[str, Any], cells: list[bytes]) -> bytes:
-    """The whole file from the top-level keys and the cells' cached JSON."""
-    items: list[bytes] = []
-    for key in sorted([*top, "cells"]):
-        if key == "cells":
-            body = b"[\n  " + b",\n  ".join(cells) + b"\n ]" if cells else b"[]"
+def _skeleton(value: Any) -> Any:
+    """A plain copy of ``value`` with long strings emptied, for validation: the schema only
+    cares that they are strings, and jsonschema's ``oneOf`` error messages ``repr()`` the
+    whole of a rejected value (27 ms per 10 MB output)."""
+    if isinstance(value, dict):
+        return {str(k): _skeleton(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_skeleton(v) for v in value]
+    if isinstance(value, str) and len(value) > 4096:
+        return ""
+    return value
+
+
+def _join(top: dict[str, bytes], cells: list[bytes]) -> list[bytes]:
+    """The whole file, in parts, from the top-level values' and the cells' JSON."""
+    parts: list[bytes] = [b"{\n "]
+    for n, key in enumerate(sorted([*top, "cells"])):
+        if n:
+            parts.append(b",\n ")
+        parts.append(json.dumps(key).encode() + b": ")
+        if key != "cells":
+            parts.append(top[key])
+        elif not cells:
+            parts.append(b"[]")
         else:
-            body = _dumps(top[key], depth=1)
-        items.append(json.dumps(key).encode() + b": " + body)
-    return b"{\n " + b",\n ".join(items) + b"\n}\n"
+            parts.append(b"[\n  ")
+            for i, cell in enumerate(cells):
+                parts.extend((b",\n  ", cell) if i else (cell,))
+            parts.append(b"\n ]")
+    parts.append(b"\n}\n")
+    return parts
 
 
 def _reserve(directory: Path, stem: str) -> Path:
