@@ -58,6 +58,7 @@ def server_env(workdir: Path, sshd: Any, slurm: Any, submit: str) -> dict[str, s
         "JLABGW_JOB_NAME": "jlabgw-bench",
         "JLABGW_SLURM_TIME": "00:10:00",
         "JLABGW_JOB_IDLE_TIMEOUT": "0",
+        "JLABGW_WALLTIME_WARN": "0",
     }
     (workdir / "empty.toml").touch()
     if submit == "ssh":

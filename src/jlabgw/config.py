@@ -122,6 +122,12 @@ class Settings(BaseModel):
         600.0, gt=0, description="Seconds to wait for the job to start before giving up."
     )
     keep_job: bool = Field(False, description="Leave the batch job running when jlabgw exits.")
+    walltime_warn: float = Field(
+        10.0,
+        ge=0,
+        description="Minutes before the job's walltime from which results and progress warn "
+        "(0: never).",
+    )
     spare_kernel: bool = Field(
         True,
         description="Keep one kernel started ahead on the gateway, so a new session starts at "

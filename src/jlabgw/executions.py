@@ -75,6 +75,7 @@ class Execution:
     recorder: OutputRecorder | None = None
     timed_out: bool = False
     reports: int = 0
+    msg_id: str | None = None  # the execute_request's, once sent (the registry records it)
     _seen: list[tuple[int, int]] = field(default_factory=list)  # (id(output), text length)
 
     @property

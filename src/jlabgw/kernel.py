@@ -51,6 +51,9 @@ _REOPEN_DELAYS = (0.0, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0)  # bounded: ~16 s plus conn
 # After the reply, IOPub must end with ``status: idle``. If IOPub goes quiet for this long
 # instead (a lost subscription), the request completes rather than waiting forever.
 IDLE_GRACE = 10.0
+# After a restart: kernel_info until IOPub answers too, each attempt waiting this long.
+_SYNC_WAIT = 1.0
+_SYNC_ATTEMPTS = 30
 
 
 @dataclass
@@ -112,6 +115,7 @@ class KernelConnection:
         self._pending: dict[str, _Pending] = {}
         self._connect_lock = asyncio.Lock()
         self._closed = False
+        self._stale = False  # the kernel restarted by itself: reconnect before the next request
         self.reopens = 0
         self.on_status: Callable[[str], None] | None = None
 
@@ -188,7 +192,9 @@ class KernelConnection:
         gateway keeps its ZMQ sockets across a restart, and IOPub published before they
         reconnect is lost, so a request sent right away could wait forever for its
         ``status: idle``. A new WebSocket makes the gateway nudge the kernel until IOPub
-        flows before it accepts messages (JupyterLab reconnects after a restart too).
+        flows before it accepts messages (JupyterLab reconnects after a restart too), except
+        when it still believes the kernel busy (one that died mid-cell never said idle): so
+        we nudge it ourselves as well.
         """
         async with self._connect_lock:
             self._fail_all(error)
@@ -201,6 +207,18 @@ class KernelConnection:
             if ws is not None:
                 await ws.close()
         await self.connect()
+        await self._until_iopub_flows()
+
+    async def _until_iopub_flows(self) -> None:
+        """kernel_info until one is answered on shell *and* IOPub (bounded: ~30 s)."""
+        for attempt in range(1, _SYNC_ATTEMPTS + 1):
+            try:
+                async with asyncio.timeout(_SYNC_WAIT):
+                    await self.request("kernel_info_request", {}, wait_idle=True)
+                return
+            except TimeoutError:
+                log.debug("kernel %s: IOPub not flowing yet (attempt %d)", self.kernel_id, attempt)
+        log.warning("kernel %s: IOPub did not answer after a restart; going on", self.kernel_id)
 
     async def gateway_lost(self) -> str | None:
         """Why this kernel's gateway is gone for good, or None (also when nobody can tell)."""
@@ -216,8 +234,15 @@ class KernelConnection:
         on_iopub: OnMessage | None = None,
         wait_idle: bool = True,
         channel: str = "shell",
+        on_sent: Callable[[str], None] | None = None,
     ) -> Message:
-        """Send one request and wait for its reply (and its IOPub idle when ``wait_idle``)."""
+        """Send one request and wait for its reply (and its IOPub idle when ``wait_idle``).
+
+        ``on_sent`` gets the request's msg_id once it is on the wire (a restarted server can
+        then adopt the request: see :meth:`adopt`)."""
+        if self._stale:
+            self._stale = False
+            await self.reset(ConnectionLostError("the kernel restarted"))
         await self.connect()
         ws = self._ws
         if ws is None:  # dropped between connecting and now
@@ -228,12 +253,7 @@ class KernelConnection:
         msg = self._session.msg(msg_type, content)
         msg_id: str = msg["header"]["msg_id"]
         msg["channel"] = channel
-        pending = _Pending(
-            on_iopub=on_iopub,
-            done=asyncio.get_running_loop().create_future(),
-            wait_idle=wait_idle,
-        )
-        self._pending[msg_id] = pending
+        pending = self._expect(msg_id, on_iopub, wait_idle)
         try:
             try:
                 await ws.send(json.dumps(msg, default=json_default))
@@ -242,11 +262,39 @@ class KernelConnection:
                     f"the WebSocket to kernel {self.kernel_id} closed before the request was "
                     "sent; nothing was executed"
                 ) from exc
+            if on_sent is not None:
+                on_sent(msg_id)
             return await pending.done
         finally:
             self._pending.pop(msg_id, None)
 
-    async def execute(self, code: str, on_iopub: OnMessage | None = None) -> Message:
+    def _expect(self, msg_id: str, on_iopub: OnMessage | None, wait_idle: bool) -> _Pending:
+        """Route the reply and IOPub of ``msg_id`` to a new pending entry."""
+        pending = _Pending(
+            on_iopub=on_iopub,
+            done=asyncio.get_running_loop().create_future(),
+            wait_idle=wait_idle,
+        )
+        self._pending[msg_id] = pending
+        return pending
+
+    async def adopt(self, msg_id: str, on_iopub: OnMessage | None = None) -> Message:
+        """Wait for the reply to a request another process sent with this WebSocket session id
+        (a server that was killed while a cell ran). Registered before connecting: the gateway
+        replays what it buffered for the session id as soon as the WebSocket opens."""
+        pending = self._expect(msg_id, on_iopub, wait_idle=True)
+        try:
+            await self.connect()
+            return await pending.done
+        finally:
+            self._pending.pop(msg_id, None)
+
+    async def execute(
+        self,
+        code: str,
+        on_iopub: OnMessage | None = None,
+        on_sent: Callable[[str], None] | None = None,
+    ) -> Message:
         """Run ``code``; IOPub messages go to ``on_iopub``; returns the ``execute_reply``."""
         return await self.request(
             "execute_request",
@@ -260,6 +308,7 @@ class KernelConnection:
                 "stop_on_error": True,
             },
             on_iopub=on_iopub,
+            on_sent=on_sent,
         )
 
     async def kernel_info(self) -> Message:
@@ -346,6 +395,10 @@ class KernelConnection:
                 pending.idle = True
                 pending.maybe_finish()
             elif state in ("restarting", "dead") and pending is None:
+                # The gateway restarts a dead kernel on the same ports; IOPub published before
+                # its SUB socket reconnects is lost. The next request goes on a new WebSocket,
+                # which the gateway opens only once IOPub flows (as after restart_kernel).
+                self._stale = True
                 if self.on_status is not None:
                     self.on_status(state)
                 what = "died and is restarting" if state == "restarting" else "died"

@@ -92,6 +92,7 @@ class NotebookDoc:
             raise NotebookError(f"cannot read {path}: {exc.strerror}") from exc
         except Exception as exc:  # nbformat raises several types for malformed files
             raise NotebookError(f"{path} is not a valid notebook: {exc}") from exc
+        _remove_stale_temp_files(path)
         if nb.nbformat_minor < 5:
             nb.nbformat_minor = 5
         for cell in nb.cells:
@@ -241,6 +242,19 @@ def _join(top: dict[str, bytes], cells: list[bytes]) -> list[bytes]:
             parts.append(b"\n ]")
     parts.append(b"\n}\n")
     return parts
+
+
+_STALE_TEMP_AGE = 300.0  # seconds; a write takes well under one
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Temp files of writes a killed process never finished (the notebook itself is intact)."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime > _STALE_TEMP_AGE:
+                tmp.unlink()
+                log.info("removed %s, left by an interrupted write", tmp)
 
 
 def _reserve(directory: Path, stem: str) -> Path:

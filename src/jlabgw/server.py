@@ -82,6 +82,9 @@ def _user_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
+            ctx = kwargs.get("ctx")
+            if isinstance(ctx, Context):  # sessions a previous server left are taken back first
+                await _sessions(ctx).ready()
             return await fn(*args, **kwargs)
         except JlabgwError as exc:
             raise ToolError(str(exc)) from exc
@@ -356,6 +359,7 @@ def build_server(settings: Settings, backend: Backend | None = None) -> FastMCP[
 async def _warm_up(sessions: SessionManager) -> None:
     try:
         await sessions.gateway()
+        await sessions.ready()
         sessions.prepare_spare()
     except JlabgwError as exc:
         log.error("gateway start failed: %s", exc)

@@ -40,10 +40,11 @@ from .errors import (
 )
 from .executions import Execution, ExecutionResult
 from .gateway import GatewayClient
-from .kernel import KernelConnection
+from .kernel import KernelConnection, Message
 from .notebook import NotebookDoc, NotebookWriter
 from .outputs import DisplayIndex, OutputRecorder
 from .paths import experiment_filename, resolve_notebook_path
+from .registry import SessionRegistry
 
 __all__ = ["ExecutionResult", "Progress", "Session", "SessionManager"]
 
@@ -92,6 +93,7 @@ async def _no_progress(done: float, total: float | None, message: str) -> None:
 _Started = tuple[KernelConnection, dict[str, Any], dict[str, float]]
 _SPARE_CHECK_TIMEOUT = 10.0
 _DISCARD_TIMEOUT = 10.0
+_ADOPT_CHECK = 3.0  # seconds between checks that an adopted cell still runs
 _KEEP_RUNS = 20  # finished executions kept for get_execution, per session
 
 
@@ -133,6 +135,138 @@ class SessionManager:
         # instead of waiting ~0.5 s for a kernel to start, and another is started behind it.
         self._spare: asyncio.Task[_Started] | None = None
         self._closing = False
+        # Sessions on a batch job outlive this server: the registry lets the next one take
+        # them back (reattach). None for backends whose kernels stop with the server.
+        name = backend.registry_name()
+        self._registry = SessionRegistry(settings.state_dir / "sessions" / name) if name else None
+        self._reattach_lock = asyncio.Lock()
+        self._reattached = self._registry is None
+        self._handing_over = False  # exiting with the kernels left running: registry frozen
+        self._pruned: dict[str, str] = {}  # session id -> why a previous server's session is gone
+
+    def _changed(self) -> None:
+        self._on_change()
+        if self._registry is not None and self._reattached and not self._handing_over:
+            records = [self._record(s) for s in self._sessions.values()]
+            self._registry.save(self.backend.identity(), records)
+
+    def _record(self, session: Session) -> dict[str, Any]:
+        running = self._busy_with(session)
+        return {
+            "session_id": session.id,
+            "experiment_name": session.experiment_name,
+            "kernel_id": session.kernel_id,
+            "kernel_name": session.kernel_name,
+            "ws_session_id": session.conn.session_id,
+            "notebook_path": str(session.doc.path),
+            "executions": session.executions,
+            "running": {
+                "execution_id": running.id,
+                "msg_id": running.msg_id,
+                "cell_index": running.cell_index,
+            }
+            if running is not None and running.msg_id
+            else None,
+        }
+
+    # -- reattach ------------------------------------------------------------------------------
+
+    async def ready(self) -> None:
+        """Take back the sessions a previous server left on this backend's gateway (once)."""
+        if self._reattached:
+            return
+        async with self._reattach_lock:
+            if not self._reattached:
+                await self._reattach()
+                self._reattached = True
+                self._changed()
+
+    async def _reattach(self) -> None:
+        assert self._registry is not None
+        identity, records = self._registry.load()
+        if not records:
+            return
+        gw = await self.gateway()  # unreachable: raise, and try again on the next call
+        if identity != self.backend.identity():
+            self._gone(records, f"they ran on {identity}, which is gone")
+            return
+        for record in records:
+            try:
+                await self._take_back(gw, record)
+            except (JlabgwError, OSError, KeyError, ValueError) as exc:
+                self._gone([record], str(exc))
+
+    def _gone(self, records: list[dict[str, Any]], why: str) -> None:
+        for record in records:
+            name = Path(str(record.get("notebook_path", "?"))).name
+            message = (
+                f"session {record.get('session_id')} was started by an earlier jlabgw server "
+                f"and cannot be taken back: {why}. Its kernel state is gone; the notebook "
+                f"{name} is intact: start_session_resume_notebook with notebook_path={name!r} "
+                "rebuilds it"
+            )
+            log.warning("%s", message)
+            self._pruned[str(record.get("session_id"))] = message
+
+    async def _take_back(self, gw: GatewayClient, record: dict[str, Any]) -> None:
+        kernel_id = str(record["kernel_id"])
+        try:
+            await gw.get_kernel(kernel_id)
+        except KernelNotFoundError as exc:
+            raise KernelNotFoundError(f"its kernel {kernel_id} is gone") from exc
+        path = Path(record["notebook_path"])
+        doc = NotebookDoc.open(path, self.writer)
+        conn = KernelConnection(
+            gw.endpoint,
+            kernel_id,
+            str(record["ws_session_id"]),
+            lost=functools.partial(self.backend.lost_since, self.backend.generation),
+        )
+        session = Session(
+            id=str(record["session_id"]),
+            experiment_name=str(record.get("experiment_name", "")),
+            kernel_id=kernel_id,
+            kernel_name=str(record.get("kernel_name", self.settings.kernel_name)),
+            conn=conn,
+            doc=doc,
+            executions=int(record.get("executions", 0)),
+        )
+        running = record.get("running")
+        if running and running.get("msg_id") and running.get("cell_index") is not None:
+            index = doc.cell_index(int(running["cell_index"]))
+            execution = Execution(session.id, doc)
+            execution.id = str(running.get("execution_id") or execution.id)
+            execution.msg_id = str(running["msg_id"])
+            cell = doc.nb.cells[index]
+            execution.begin(cell, index, OutputRecorder(doc, cell, session.displays))
+            execution.task = asyncio.create_task(self._adopted(session, execution))
+            execution.task.add_done_callback(_consume_outcome)
+            session.runs[execution.id] = execution
+        else:
+            await conn.connect()  # replays anything buffered for the session id (ignored)
+        self._sessions[session.id] = session
+        log.info("took back session %s: kernel %s, notebook %s", session.id, kernel_id, path)
+
+    async def _adopted(self, session: Session, execution: Execution) -> dict[str, Any]:
+        """A cell the previous server started: its output since then, and its end."""
+        assert execution.msg_id is not None
+        assert execution.cell is not None
+        async with session.lock:
+            adopted = asyncio.ensure_future(
+                session.conn.adopt(execution.msg_id, execution.recorder)
+            )
+            try:
+                reply = await self._until_adopted(session, adopted)
+            except (ConnectionLostError, GatewayError) as exc:
+                await self._raise_if_lost(session, exc)
+                raise
+            finally:
+                adopted.cancel()
+            content: dict[str, Any] = reply.get("content", {})
+            with session.doc.editing(execution.cell):
+                execution.cell.execution_count = content.get("execution_count")
+            self._changed()
+            return content
 
     # -- gateway -----------------------------------------------------------------------------
 
@@ -145,7 +279,7 @@ class SessionManager:
                     await self._gateway.aclose()
                 self._gateway = GatewayClient(endpoint)
                 self._kernelspecs = None
-                self._on_change()
+                self._changed()
             return self._gateway
 
     async def kernelspecs(self) -> dict[str, Any]:
@@ -154,12 +288,34 @@ class SessionManager:
             self._kernelspecs = await gw.kernelspecs()
         return self._kernelspecs
 
+    async def _until_adopted(self, session: Session, adopted: asyncio.Future[Message]) -> Message:
+        """The adopted request's reply. If the cell ended just before the previous server
+        died (its end consumed, the registry not yet updated), no reply will come: the
+        gateway's record of the kernel going idle, and staying so, ends the wait."""
+        gw = await self.gateway()
+        idle_checks = 0
+        while True:
+            done, _ = await asyncio.wait({adopted}, timeout=_ADOPT_CHECK)
+            if done:
+                return adopted.result()
+            state = (await gw.get_kernel(session.kernel_id)).get("execution_state")
+            idle_checks = idle_checks + 1 if state == "idle" else 0
+            if idle_checks >= 2:
+                log.warning(
+                    "session %s: the cell the previous server ran ended unseen; its last "
+                    "outputs may be missing from the notebook",
+                    session.id,
+                )
+                return {"content": {"status": "ok", "execution_count": None}}
+
     # -- lookup ------------------------------------------------------------------------------
 
     def get(self, session_id: str) -> Session:
         try:
             return self._sessions[session_id]
         except KeyError:
+            if session_id in self._pruned:
+                raise SessionLostError(self._pruned[session_id]) from None
             known = ", ".join(sorted(self._sessions)) or "none"
             raise UnknownSessionError(
                 f"unknown session_id {session_id!r} (running sessions: {known}). Start one with "
@@ -312,7 +468,7 @@ class SessionManager:
         )
         self._sessions[session.id] = session
         log.info("session %s: kernel %s, notebook %s", session.id, conn.kernel_id, doc.path)
-        self._on_change()
+        self._changed()
         return session
 
     def _info(self, session: Session, **extra: Any) -> dict[str, Any]:
@@ -550,11 +706,14 @@ class SessionManager:
             line = execution.last_line[-200:]
             state = "queued" if execution.cell is None else "running"
             message = f"{state} for {execution.elapsed:.0f} s" + (f": {line}" if line else "")
+            for notice in await self.backend.notices():
+                message += f" | warning: {notice}"
             await progress(execution.elapsed, None, message)
         reply = execution.task.result() if done else None  # raises what the run raised
         outputs, redrawn = execution.new_outputs()
         execution.reports += 1
         warnings = [session.doc.write_error] if session.doc.write_error else []
+        warnings += await self.backend.notices()
         if execution.timed_out:
             warnings.append(
                 f"the cell was interrupted after its timeout of {execution.timeout:g} s"
@@ -600,14 +759,21 @@ class SessionManager:
                 watchdog = asyncio.get_running_loop().call_later(
                     execution.timeout, self._on_timeout, session, execution
                 )
+
+            def sent(msg_id: str) -> None:
+                execution.msg_id = msg_id
+                self._changed()  # the registry now names the running request
+
             try:
-                reply = await session.conn.execute(cell.source, recorder)
+                reply = await session.conn.execute(cell.source, recorder, on_sent=sent)
             except (ConnectionLostError, GatewayError) as exc:
                 await self._raise_if_lost(session, exc)
                 raise
             finally:
                 if watchdog is not None:
                     watchdog.cancel()
+                execution.msg_id = None
+                self._changed()
             content: dict[str, Any] = reply.get("content", {})
             with doc.editing(cell):
                 cell.execution_count = content.get("execution_count")
@@ -625,7 +791,7 @@ class SessionManager:
         if why is None:
             return
         self._sessions.pop(session.id, None)
-        self._on_change()
+        self._changed()
         await session.conn.close()
         await asyncio.to_thread(session.doc.flush)
         raise SessionLostError(
@@ -666,7 +832,7 @@ class SessionManager:
     async def shutdown(self, session_id: str) -> str:
         session = self.get(session_id)
         del self._sessions[session_id]
-        self._on_change()
+        self._changed()
         await session.conn.close()
         with contextlib.suppress(KernelNotFoundError):
             await (await self.gateway()).delete_kernel(session.kernel_id)
@@ -677,6 +843,15 @@ class SessionManager:
         """Stop all kernels, the gateway client and the writer (the backend is the caller's)."""
         self._closing = True
         await self._drop_spare()
+        if self._registry is not None and self._reattached and self.backend.keeps_kernels():
+            # The job stays (JLABGW_KEEP_JOB): leave the kernels running for the next server,
+            # which takes them back from the registry as they are now (a running cell too).
+            self._handing_over = True
+            for session in list(self._sessions.values()):
+                await session.conn.close()
+                await asyncio.to_thread(session.doc.flush)
+            self._sessions.clear()
+            log.info("left the kernels running on the kept job for the next server")
         for session_id in list(self._sessions):
             try:
                 await self.shutdown(session_id)

@@ -59,6 +59,11 @@ class JobStatus:
     name: str = ""
 
     @property
+    def seconds_left(self) -> int | None:
+        """``time_left`` in seconds; None when SLURM gives none (UNLIMITED, INVALID, empty)."""
+        return parse_slurm_duration(self.time_left)
+
+    @property
     def active(self) -> bool:
         return self.state in _ACTIVE
 
@@ -69,6 +74,20 @@ class JobStatus:
     @property
     def pending(self) -> bool:
         return self.state == "PENDING"
+
+
+def parse_slurm_duration(text: str) -> int | None:
+    """SLURM's ``[D-]HH:MM:SS``, ``MM:SS`` or ``SS`` in seconds; None if it is not one."""
+    days, _, clock = text.strip().rpartition("-")
+    parts = clock.split(":")
+    if not clock or len(parts) > 3 or not all(p.isdigit() for p in parts):
+        return None
+    if days and not days.isdigit():
+        return None
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + int(part)
+    return seconds + int(days or 0) * 86400
 
 
 def parse_sbatch_parsable(stdout: str) -> str:

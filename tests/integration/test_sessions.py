@@ -455,7 +455,7 @@ async def test_a_redrawn_progress_bar_is_reported_whole(manager: SessionManager)
 
 
 async def test_kernel_death_is_clear_and_restart_brings_the_session_back(
-    manager: SessionManager,
+    manager: SessionManager, caplog: pytest.LogCaptureFixture
 ) -> None:
     sid = (await manager.start_new("dies"))["session_id"]
     await manager.execute(sid, "x = 1")
@@ -468,6 +468,7 @@ async def test_kernel_death_is_clear_and_restart_brings_the_session_back(
         except SessionBusyError:
             await asyncio.sleep(0.1)
     assert outputs_to_text(result.outputs) == "'back'\n"
+    assert "completing without it" not in caplog.text  # IOPub was back, not papered over
     assert "restarted" in await manager.restart(sid)
     assert "NameError" in outputs_to_text((await manager.execute(sid, "x")).outputs)
     manager.writer.flush()

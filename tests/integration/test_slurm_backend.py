@@ -3,9 +3,11 @@ in the job -> SSH tunnel to the "compute node" (this machine, via the test sshd)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +42,7 @@ def slurm_env(
         "JLABGW_PYTHON": sys.executable,
         "JLABGW_SLURM_TIME": "00:10:00",
         "JLABGW_JOB_IDLE_TIMEOUT": "0",
+        "JLABGW_WALLTIME_WARN": "0",  # a 10-minute job would be warned about in every result
         **extra,
     }
 
@@ -311,6 +314,7 @@ def login_env(tmp_path: Path, login: SSHDServer, **extra: str) -> dict[str, str]
         "JLABGW_REMOTE_SETUP": f". {JOB_VENV}/bin/activate",
         "JLABGW_SLURM_TIME": "00:10:00",
         "JLABGW_JOB_IDLE_TIMEOUT": "0",
+        "JLABGW_WALLTIME_WARN": "0",
         **extra,
     }
 
@@ -389,3 +393,81 @@ async def test_long_cell_and_ten_megabytes_through_the_tunnel(
             notebook = big.meta["notebook_path"]
     cells = nbformat.read(notebook, as_version=4).cells
     assert len(cells[1].outputs[0].text) == 101 * 100_000
+
+
+async def test_walltime_ending_soon_is_warned_in_results_and_status(
+    tmp_path: Path, slurm: SlurmCluster, sshd: SSHDServer
+) -> None:
+    env = slurm_env(
+        tmp_path,
+        slurm,
+        sshd,
+        JLABGW_JOB_NAME="jlabgw-walltime",
+        JLABGW_SLURM_TIME="00:03:00",
+        JLABGW_WALLTIME_WARN="5",
+    )
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            sid = await new_session(client, "short job")
+            out = await call(client, "execute_code", session_id=sid, code="1 + 1")
+            assert not out.is_error
+            text = text_of(out)
+            assert text.startswith("2\n")
+            job = (await status(client))["job"]
+            assert f"warning: batch job {job['id']} reaches its walltime in about" in text
+            assert "start_session_resume_notebook" in text
+            assert 0 < job["seconds_left"] <= 180
+
+
+async def test_a_killed_server_is_replaced_and_takes_its_sessions_back(
+    tmp_path: Path, slurm: SlurmCluster, sshd: SSHDServer
+) -> None:
+    """kill -9 of the MCP server while a cell runs: the next server takes the session back,
+    with its variables, and the running cell's output (what the gateway buffered meanwhile)
+    lands in the same cell; nothing runs twice."""
+    import anyio
+
+    env = slurm_env(tmp_path, slurm, sshd, JLABGW_JOB_NAME="jlabgw-reattach", JLABGW_EXEC_WAIT="1")
+    code = (
+        "import time\nfor i in range(10):\n    print(f'tick {i}', flush=True)\n    time.sleep(1)\n"
+    )
+    first_log = (tmp_path / "server1.log").open("w")
+    async with serve(tmp_path, first_log, **env) as client:
+        sid = await new_session(client, "survivor")
+        assert not (await call(client, "execute_code", session_id=sid, code="x = 41")).is_error
+        running = await call(client, "execute_code", session_id=sid, code=code)
+        assert running.meta["status"] == "running"
+        execution_id = running.meta["execution_id"]
+        state = await status(client)
+        job = state["job"]["id"]
+        notebook = state["sessions"][0]["notebook_path"]
+
+        def written(n: int) -> bool:
+            with contextlib.suppress(OSError, ValueError, IndexError, KeyError):
+                cell = nbformat.read(notebook, as_version=4).cells[1]
+                return f"tick {n}\n" in cell.outputs[0].text
+            return False
+
+        # kill right after tick 3 is on disk: nothing is then held only in the dead
+        # server's memory (the next tick comes ~1 s later; writes coalesce for 0.25 s)
+        assert wait_until(lambda: written(3), timeout=30)
+        os.kill(state["server_pid"], signal.SIGKILL)
+        with anyio.move_on_after(5):
+            with contextlib.suppress(Exception):
+                await call(client, "list_sessions")
+    first_log.close()
+    assert squeue(slurm, job) == "RUNNING"  # nobody cancelled it
+
+    with (tmp_path / "server2.log").open("w") as log:
+        async with serve(tmp_path, log, **{**env, "JLABGW_EXEC_WAIT": "30"}) as client:
+            followed = await call(
+                client, "get_execution", session_id=sid, execution_id=execution_id, wait=30
+            )
+            assert followed.meta["status"] == "ok", text_of(followed)
+            again = await call(client, "execute_code", session_id=sid, code="x + 1")
+            assert text_of(again) == "42\n"  # the kernel's state survived
+            assert (await status(client))["job"]["id"] == job
+    cells = nbformat.read(notebook, as_version=4).cells
+    assert cells[1].outputs[0].text == "".join(f"tick {i}\n" for i in range(10))
+    assert [c.execution_count for c in cells] == [1, 2, 3]  # nothing ran twice
+    assert "took back session" in (tmp_path / "server2.log").read_text()

@@ -238,3 +238,21 @@ def test_an_invalid_cell_is_rechecked_until_fixed(tmp_path: Path, writer: Notebo
         cell.outputs[0]["text"] = "fixed\n"
     doc.flush()
     assert read(doc.path).cells[0].outputs[0].text == "fixed\n"
+
+
+def test_open_removes_temp_files_of_interrupted_writes(
+    tmp_path: Path, writer: NotebookWriter
+) -> None:
+    doc = NotebookDoc.create(tmp_path, "exp", writer)
+    stale = tmp_path / ".exp.ipynb.0123456789ab.tmp"
+    fresh = tmp_path / ".exp.ipynb.ba9876543210.tmp"
+    other = tmp_path / ".other.ipynb.0123456789ab.tmp"
+    for path in (stale, fresh, other):
+        path.write_text("{")
+    old = doc.path.stat().st_mtime - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    NotebookDoc.open(doc.path, writer)
+    assert not stale.exists()
+    assert fresh.exists()  # maybe a write under way right now
+    assert other.exists()  # another notebook's

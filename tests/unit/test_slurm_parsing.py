@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from jlabgw.errors import JlabgwError
-from jlabgw.slurm import JobStatus, hopeless_reason, parse_sbatch_parsable, parse_squeue_line
+from jlabgw.slurm import (
+    JobStatus,
+    hopeless_reason,
+    parse_sbatch_parsable,
+    parse_slurm_duration,
+    parse_squeue_line,
+)
 
 
 @pytest.mark.parametrize(("out", "job_id"), [("1\n", "1"), ("4242;cluster-a\n", "4242")])
@@ -37,3 +43,23 @@ def test_squeue_lines() -> None:
     done = parse_squeue_line("4|CANCELLED|None|node17|0:00|jlabgw")
     assert not done.active
     assert hopeless_reason(done) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1-02:03:04", 93784),
+        ("02:03:04", 7384),
+        ("03:04", 184),
+        ("59", 59),
+        ("0:00", 0),
+        ("UNLIMITED", None),
+        ("INVALID", None),
+        ("", None),
+        ("1-", None),
+        ("x-01:00:00", None),
+        ("1:2:3:4", None),
+    ],
+)
+def test_slurm_durations(text: str, seconds: int | None) -> None:
+    assert parse_slurm_duration(text) == seconds

@@ -81,6 +81,25 @@ class Backend(abc.ABC):
         batch job can spend in the queue meanwhile). :meth:`start` picks it up, and reports
         its failure. Optional; the default does nothing."""
 
+    def registry_name(self) -> str | None:
+        """File name for the session registry, if this backend's kernels can outlive the
+        server (a batch job does; a local gateway stops with it)."""
+        return None
+
+    def keeps_kernels(self) -> bool:
+        """Whether the gateway stays up after this server exits (a kept batch job): then the
+        sessions are handed over to the next server instead of shut down."""
+        return False
+
+    def identity(self) -> str | None:
+        """Which gateway is up now (a job id); sessions recorded under another are gone."""
+        return None
+
+    async def notices(self) -> list[str]:
+        """Things a user should hear about with every result (the job's walltime ending
+        soon, say). Cheap: backends refresh what they need at most every so often."""
+        return []
+
     @abc.abstractmethod
     async def lost(self) -> str | None:
         """If the current gateway is gone for good (process died, job ended), say why."""

@@ -46,6 +46,7 @@ _POLL_START = 0.1
 _POLL_MAX = 2.0
 _FILE_POLL_MAX = 1.0
 _ALIVE_CHECK_EVERY = 1.0
+_NOTICE_REFRESH = 60.0  # seconds between squeue calls for the walltime notice
 
 
 class SlurmBackend(Backend):
@@ -60,6 +61,7 @@ class SlurmBackend(Backend):
         self._job_id: str | None = None
         self._status: JobStatus | None = None
         self._timings: dict[str, float] = {}  # seconds per start-up step, for status/benchmarks
+        self._status_at = 0.0  # when notices() last asked squeue (monotonic)
         self._early: threading.Thread | None = None  # begin()'s submission, until start() joins
         self._early_timings: dict[str, float] = {}
         self._early_error: BaseException | None = None
@@ -327,6 +329,36 @@ class SlurmBackend(Backend):
             self._node_conn = None
         self._endpoint = None
 
+    def registry_name(self) -> str | None:
+        return f"slurm-{self._settings.job_name}.json"
+
+    def keeps_kernels(self) -> bool:
+        return self._settings.keep_job
+
+    def identity(self) -> str | None:
+        return f"slurm:{self._job_id}" if self._endpoint is not None and self._job_id else None
+
+    async def notices(self) -> list[str]:
+        warn = self._settings.walltime_warn * 60
+        if not warn or self._job_id is None or self._slurm is None or self._endpoint is None:
+            return []
+        now = time.monotonic()
+        if now - self._status_at > _NOTICE_REFRESH:
+            self._status_at = now
+            try:
+                self._status = await asyncio.to_thread(self._slurm.status, self._job_id)
+            except JlabgwError as exc:  # a notice must never fail a tool call
+                log.info("cannot refresh the job's time left: %s", exc)
+        left = self._status.seconds_left if self._status else None
+        if left is None or left > warn:
+            return []
+        return [
+            f"batch job {self._job_id} reaches its walltime in about {max(left, 0) // 60} min "
+            f"({self._status.time_left if self._status else '?'} left): its kernels and "
+            "variables will be gone then. Save what matters to files; the notebook is safe, "
+            "and start_session_resume_notebook rebuilds the state on a new job"
+        ]
+
     async def lost(self) -> str | None:
         if self._job_id is None or self._slurm is None:
             return None
@@ -382,6 +414,7 @@ class SlurmBackend(Backend):
                 "reason": status.reason if status else None,
                 "node": self._node or (status.node if status else None),
                 "time_left": status.time_left if status else None,
+                "seconds_left": status.seconds_left if status else None,
                 "where": self._where,
             },
         }
