@@ -94,6 +94,7 @@ _Started = tuple[KernelConnection, dict[str, Any], dict[str, float]]
 _SPARE_CHECK_TIMEOUT = 10.0
 _DISCARD_TIMEOUT = 10.0
 _ADOPT_CHECK = 3.0  # seconds between checks that an adopted cell still runs
+_MAX_CODE_BYTES = 9 * 2**20  # the gateway drops a WebSocket on messages over 10 MiB
 _KEEP_RUNS = 20  # finished executions kept for get_execution, per session
 
 
@@ -669,6 +670,13 @@ class SessionManager:
         with the output so far and goes on (``get_execution`` follows it). ``cell_timeout``
         interrupts the cell after that many seconds. On a busy session this refuses, naming
         the run in the way, unless ``queue``."""
+        size = len(code.encode()) if code is not None else 0
+        if size > _MAX_CODE_BYTES:
+            raise JlabgwError(
+                f"the code is {size / 2**20:.1f} MiB; the gateway takes messages up to 10 MiB "
+                "(tornado's WebSocket limit). Put the data in a file next to the notebook and "
+                "load it from the code instead"
+            )
         busy = self._busy_with(session)
         if busy is not None and not queue:
             where = f"cell {busy.cell_index}" if busy.cell_index is not None else "queued"
@@ -857,6 +865,8 @@ class SessionManager:
                 await self.shutdown(session_id)
             except JlabgwError as exc:
                 log.warning("shutting down session %s: %s", session_id, exc)
+        if self._registry is not None:
+            await asyncio.to_thread(self._registry.close)
         if self._gateway is not None:
             await self._gateway.aclose()
             self._gateway = None

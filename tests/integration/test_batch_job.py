@@ -16,7 +16,7 @@ import pytest
 
 from jlabgw.batch import render_batch_script
 from tests.conftest import make_settings
-from tests.helpers import cmdlines, pids_matching, process_environ, wait_until
+from tests.helpers import cmdlines, listening_addresses, pids_matching, process_environ, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +54,7 @@ def test_job_publishes_a_private_connection_file_and_cleans_up(tmp_path: Path) -
         base = f"http://127.0.0.1:{info['port']}"
         assert httpx.get(f"{base}/api/kernelspecs", headers=headers).status_code == 200
         assert httpx.get(f"{base}/api/kernelspecs").status_code == 401
+        assert listening_addresses(int(info["port"])) == {"127.0.0.1"}
         # the token is on no command line, and not in the kernels' environment
         assert not [c for c in cmdlines().values() if info["token"] in c]
         kernel = httpx.post(

@@ -17,7 +17,7 @@ from jlabgw.errors import GatewayStartError
 from jlabgw.gateway import GatewayClient
 from jlabgw.kernel import KernelConnection
 from tests.conftest import make_settings
-from tests.helpers import cmdlines, pids_matching, process_environ, wait_until
+from tests.helpers import cmdlines, listening_addresses, pids_matching, process_environ, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -34,6 +34,7 @@ async def test_gateway_is_private_and_cleaned_up(settings: Settings) -> None:
     try:
         assert endpoint.url.startswith("http://127.0.0.1:")
         port = int(endpoint.url.rsplit(":", 1)[1])
+        assert listening_addresses(port) == {"127.0.0.1"}  # loopback only, no 0.0.0.0 or ::
         assert endpoint.token not in repr(endpoint)
 
         # the token is in a 0600 file in a 0700 directory, and on no command line

@@ -13,12 +13,16 @@ def test_round_trip_private_file(tmp_path: Path) -> None:
     registry = SessionRegistry(tmp_path / "state" / "sessions" / "slurm-x.json")
     assert registry.load() == (None, [])
     sessions = [{"session_id": "a1", "kernel_id": "k", "running": None}]
-    registry.save("slurm:42", sessions)
+    registry.save("slurm:41", [])
+    registry.save("slurm:42", sessions)  # the newest state wins
+    registry.close()
     assert registry.load() == ("slurm:42", sessions)
     assert registry.path.stat().st_mode & 0o777 == 0o600
     assert registry.path.parent.stat().st_mode & 0o777 == 0o700
-    registry.save("slurm:42", [])
-    assert registry.load() == ("slurm:42", [])
+    again = SessionRegistry(registry.path)
+    again.save("slurm:42", [])
+    again.close()
+    assert again.load() == ("slurm:42", [])
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"sessions": [1, {"a": 1}]}'])
