@@ -21,7 +21,7 @@ import logging
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import websockets
@@ -54,6 +54,9 @@ IDLE_GRACE = 10.0
 # After a restart: kernel_info until IOPub answers too, each attempt waiting this long.
 _SYNC_WAIT = 1.0
 _SYNC_ATTEMPTS = 30
+# After a reopen, how long the kernel_info that tells delivered from lost requests may take
+# (it waits behind a running cell; past this, requests are left to complete as they will).
+_UNDELIVERED_PROBE = 120.0
 
 
 @dataclass
@@ -63,7 +66,9 @@ class _Pending:
     reply: Message | None = None
     idle: bool = False
     wait_idle: bool = True
-    extra: list[Message] = field(default_factory=list)
+    seen: bool = False  # any IOPub message or reply for it: the kernel got the request
+    wire: str | None = None  # the request as sent (sent again only if it provably never arrived)
+    runs_code: bool = False  # an execute_request: may be sent again only if it never arrived
     grace: asyncio.TimerHandle | None = None
 
     def maybe_finish(self) -> None:
@@ -116,6 +121,9 @@ class KernelConnection:
         self._connect_lock = asyncio.Lock()
         self._closed = False
         self._stale = False  # the kernel restarted by itself: reconnect before the next request
+        self._checks: set[asyncio.Task[None]] = set()  # _fail_undelivered probes under way
+        # the kernel's execution count as last seen in a reply (None: unknown)
+        self.execution_count: int | None = 0
         self.reopens = 0
         self.on_status: Callable[[str], None] | None = None
 
@@ -206,6 +214,7 @@ class KernelConnection:
                     await reader
             if ws is not None:
                 await ws.close()
+            self.execution_count = 0  # a restarted kernel counts from the start
         await self.connect()
         await self._until_iopub_flows()
 
@@ -254,9 +263,11 @@ class KernelConnection:
         msg_id: str = msg["header"]["msg_id"]
         msg["channel"] = channel
         pending = self._expect(msg_id, on_iopub, wait_idle)
+        pending.wire = json.dumps(msg, default=json_default)
+        pending.runs_code = msg_type == "execute_request"
         try:
             try:
-                await ws.send(json.dumps(msg, default=json_default))
+                await ws.send(pending.wire)
             except websockets.ConnectionClosed as exc:
                 raise ConnectionLostError(
                     f"the WebSocket to kernel {self.kernel_id} closed before the request was "
@@ -267,6 +278,79 @@ class KernelConnection:
             return await pending.done
         finally:
             self._pending.pop(msg_id, None)
+
+    async def _fail_undelivered(self) -> None:
+        """After a reopen: settle the requests nothing was heard of (no IOPub, no reply).
+
+        The gateway replays what the kernel said while we were away, but not what it wrote to
+        the dead connection before noticing it had died. So a request that is still unheard
+        of was either lost in transit (the kernel never got it) or ran entirely unseen. A
+        silent execute tells which: it is answered after anything the kernel got before it
+        (shell requests are handled in order), with the kernel's execution count, which a
+        run of the lost request would have moved past the last one we saw. A request that
+        provably never arrived is sent again (it then runs once, as asked);
+        one that ran unseen, or that cannot be told, fails saying so. Nothing runs twice.
+        """
+        suspects = {m: p for m, p in self._pending.items() if not p.seen and not p.done.done()}
+        if not suspects:
+            return
+        known = self.execution_count
+        try:
+            async with asyncio.timeout(_UNDELIVERED_PROBE):
+                probe = await self.request(
+                    "execute_request",
+                    {
+                        "code": "",
+                        "silent": True,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": False,
+                    },
+                )
+        except (TimeoutError, JlabgwError) as exc:
+            log.info("kernel %s: cannot tell which requests arrived: %s", self.kernel_id, exc)
+            return
+        now = probe.get("content", {}).get("execution_count")
+        code_suspects = sum(p.runs_code for p in suspects.values())
+        for msg_id, pending in suspects.items():
+            if pending.seen or pending.done.done():
+                continue
+            log.warning(
+                "kernel %s: request %s was cut off with the connection", self.kernel_id, msg_id
+            )
+            never_arrived = code_suspects == 1 and known is not None and now == known
+            if not pending.runs_code or never_arrived:
+                # never received (or harmless to repeat): sending it now runs it once
+                ws = self._ws
+                if ws is not None and pending.wire is not None:
+                    try:
+                        await ws.send(pending.wire)
+                        log.info(
+                            "kernel %s: sent %s again (it never arrived)", self.kernel_id, msg_id
+                        )
+                        continue
+                    except websockets.ConnectionClosed:
+                        pass
+                what = (
+                    "the kernel never received it: it was NOT executed. The kernel and its "
+                    "variables are fine; send it again"
+                )
+            elif code_suspects == 1 and known is not None and now == known + 1:
+                what = (
+                    f"the kernel ran it (execution_count {now}) but its output was lost with "
+                    "the connection; it is not re-run"
+                )
+            else:
+                what = (
+                    "jlabgw cannot tell whether the kernel ran it; check its effects before "
+                    "running it again"
+                )
+            pending.done.set_exception(
+                ConnectionLostError(
+                    f"the connection to kernel {self.kernel_id} broke as this was sent: {what}"
+                )
+            )
 
     def _expect(self, msg_id: str, on_iopub: OnMessage | None, wait_idle: bool) -> _Pending:
         """Route the reply and IOPub of ``msg_id`` to a new pending entry."""
@@ -341,6 +425,9 @@ class KernelConnection:
                 # with nothing lost and nothing sent twice.
                 try:
                     self._ws = await self._reopen()
+                    check = asyncio.create_task(self._fail_undelivered())
+                    self._checks.add(check)
+                    check.add_done_callback(self._checks.discard)
                 except JlabgwError as exc:
                     error = ConnectionLostError(
                         f"lost the WebSocket to kernel {self.kernel_id} during a request and "
@@ -389,6 +476,8 @@ class KernelConnection:
         parent_id = (msg.get("parent_header") or {}).get("msg_id")
         pending = self._pending.get(parent_id) if parent_id else None
 
+        if pending is not None:
+            pending.seen = True
         if channel == "iopub" and msg_type == "status":
             state = msg.get("content", {}).get("execution_state")
             if pending is not None and state == "idle":
@@ -417,6 +506,9 @@ class KernelConnection:
             if pending.on_iopub is not None:
                 pending.on_iopub(msg)
         elif channel == "shell" or channel == "control":
+            count = msg.get("content", {}).get("execution_count")
+            if isinstance(count, int) and self.execution_count is not None:
+                self.execution_count = max(self.execution_count, count)
             pending.reply = msg
             pending.maybe_finish()
         elif channel == "stdin":

@@ -223,6 +223,7 @@ class SessionManager:
             str(record["ws_session_id"]),
             lost=functools.partial(self.backend.lost_since, self.backend.generation),
         )
+        conn.execution_count = None  # what the previous server last saw is not known
         session = Session(
             id=str(record["session_id"]),
             experiment_name=str(record.get("experiment_name", "")),

@@ -1,0 +1,300 @@
+"""The fault matrix, N trials each, on the real stack: MCP over stdio -> jlabgw (SLURM backend,
+sbatch over SSH as the test user) -> SSH tunnel through the login node -> Kernel Gateway in a
+job -> ipykernel.
+
+Each trial runs a cell that prints numbered lines and records itself in the kernel, injects
+the fault while (or before) it runs, then checks: did the session come through (or fail with
+the clear error the fault calls for, and recover as documented); were any of the cell's
+lines missing from the result or the notebook; did any cell run more than once.
+
+Faults:
+  ssh-drop-idle     every SSH connection killed between two cells
+  ssh-drop-running  every SSH connection killed while a cell prints
+  sshd-restart      the login node's sshd down for 2 s while a cell prints
+  server-kill       the MCP server SIGKILLed while a cell prints; a new server takes over
+  kernel-kill       the kernel process SIGKILLed from outside; restart_kernel, then a cell
+  job-cancel        scancel of the job; a clear error, then resume on a new job
+
+Needs root and tests/cluster/setup-system.sh (it starts the test SLURM and a login sshd).
+Usage: python benchmarks/faults.py [--trials 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+LINES = 6
+
+
+def cell(tag: str, pause: float = 0.4) -> str:
+    """Prints LINES numbered lines; records its run in the kernel (a re-run shows twice)."""
+    return (
+        f"_runs = globals().setdefault('_runs', []); _runs.append({tag!r})\n"
+        f"import time\nfor i in range({LINES}):\n"
+        f"    print('{tag}', i, flush=True)\n    time.sleep({pause})\n"
+    )
+
+
+def lines_of(tag: str) -> list[str]:
+    return [f"{tag} {i}" for i in range(LINES)]
+
+
+@contextlib.asynccontextmanager
+async def server(env: dict[str, str]) -> AsyncIterator[Any]:
+    from mcp import Client, StdioServerParameters
+
+    params = StdioServerParameters(command=sys.executable, args=["-m", "jlabgw"], env=env)
+    async with Client(params, mode="legacy") as client:
+        yield client
+
+
+async def call(client: Any, tool: str, **args: Any) -> Any:
+    return await client.call_tool(tool, args)
+
+
+def text(result: Any) -> str:
+    return "".join(getattr(b, "text", "") for b in result.content)
+
+
+async def status(client: Any) -> dict[str, Any]:
+    contents = await client.read_resource("jlabgw://server/status")
+    return dict(json.loads(contents.contents[0].text))
+
+
+def mine(state: dict[str, Any], sid: str) -> dict[str, Any]:
+    """This trial's session in the status (earlier trials' sessions are taken back too)."""
+    return next(s for s in state["sessions"] if s["session_id"] == sid)
+
+
+async def new_session(client: Any, name: str) -> str:
+    started = await call(client, "start_new_session", experiment_name=name)
+    if started.is_error:
+        raise RuntimeError(text(started))
+    return str(started.structured_content["session_id"])
+
+
+async def runs_of(client: Any, sid: str, tag: str) -> int:
+    result = await call(client, "execute_code", session_id=sid, code=f"_runs.count({tag!r})")
+    return int(text(result).strip().splitlines()[-1])
+
+
+def missing(tag: str, seen: str) -> int:
+    return sum(line not in seen for line in lines_of(tag))
+
+
+def notebook_text(path: str, index: int) -> str:
+    import nbformat
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            nb = nbformat.read(path, as_version=4)
+            return "".join(o.get("text", "") for o in nb.cells[index].outputs)
+        except (OSError, ValueError, IndexError):
+            if time.monotonic() > deadline:
+                return ""
+            time.sleep(0.2)
+
+
+async def in_background(seconds: float, action: Any) -> None:
+    await asyncio.sleep(seconds)
+    await asyncio.to_thread(action)
+
+
+async def trial_connection_fault(env: dict[str, str], sshd: Any, kind: str, n: int) -> dict:
+    tag = f"{kind}-{n}"
+    async with server(env) as client:
+        sid = await new_session(client, tag)
+        if kind == "ssh-drop-idle":
+            await call(client, "execute_code", session_id=sid, code="1")
+            sshd.drop_connections()
+            result = await call(client, "execute_code", session_id=sid, code=cell(tag, 0.1))
+        else:
+            fault = sshd.drop_connections if kind == "ssh-drop-running" else sshd_restart(sshd)
+            injector = asyncio.create_task(in_background(0.8, fault))
+            result = await call(client, "execute_code", session_id=sid, code=cell(tag))
+            await injector
+        ok = not result.is_error
+        state = await status(client)
+        notebook = mine(state, sid)["notebook_path"]
+        runs = await runs_of(client, sid, tag)
+        await call(client, "shutdown_session", session_id=sid)
+    seen = text(result) + notebook_text(notebook, 1)
+    return {"survived": ok, "lost": missing(tag, seen), "rerun": max(0, runs - 1)}
+
+
+def sshd_restart(sshd: Any) -> Any:
+    return lambda: sshd.restart(down_for=2.0)
+
+
+async def trial_server_kill(env: dict[str, str], n: int) -> dict:
+    tag = f"server-kill-{n}"
+    quick = {**env, "JLABGW_EXEC_WAIT": "0.5", "JLABGW_KEEP_JOB": "1"}
+    async with server(quick) as client:
+        sid = await new_session(client, tag)
+        first = await call(client, "execute_code", session_id=sid, code=cell(tag, 0.6))
+        execution_id = first.meta["execution_id"]
+        state = await status(client)
+        notebook = mine(state, sid)["notebook_path"]
+        await asyncio.sleep(1.0)
+        os.kill(state["server_pid"], signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(3):
+                await call(client, "list_sessions")
+    async with server(env) as client:
+        follow = await call(
+            client, "get_execution", session_id=sid, execution_id=execution_id, wait=30
+        )
+        ok = not follow.is_error and follow.meta.get("status") == "ok"
+        runs = await runs_of(client, sid, tag) if ok else 0
+        await call(client, "shutdown_session", session_id=sid)
+    seen = notebook_text(notebook, 0)
+    return {"survived": ok, "lost": missing(tag, seen), "rerun": max(0, runs - 1)}
+
+
+async def trial_kernel_kill(env: dict[str, str], n: int) -> dict:
+    from tests.helpers import pids_matching
+
+    tag = f"kernel-kill-{n}"
+    async with server(env) as client:
+        sid = await new_session(client, tag)
+        kernel_id = mine(await status(client), sid)["kernel_id"]
+        injector = asyncio.create_task(
+            in_background(
+                0.8, lambda: [os.kill(p, signal.SIGKILL) for p in pids_matching(kernel_id)]
+            )
+        )
+        died = await call(client, "execute_code", session_id=sid, code=cell(tag))
+        await injector
+        clear = died.is_error and "kernel died" in text(died)
+        await call(client, "restart_kernel", session_id=sid)
+        after = await call(client, "execute_code", session_id=sid, code=cell(tag + "b", 0.05))
+        ok = clear and not after.is_error
+        runs = await runs_of(client, sid, tag + "b")
+        await call(client, "shutdown_session", session_id=sid)
+    return {
+        "survived": ok,
+        "lost": missing(tag + "b", text(after)),
+        "rerun": max(0, runs - 1),
+    }
+
+
+async def trial_job_cancel(env: dict[str, str], slurm: Any, n: int) -> dict:
+    tag = f"job-cancel-{n}"
+    async with server(env) as client:
+        sid = await new_session(client, tag)
+        await call(client, "execute_code", session_id=sid, code=cell(tag, 0.01))
+        state = await status(client)
+        job, notebook = state["job"]["id"], mine(state, sid)["notebook_path"]
+        await asyncio.to_thread(
+            subprocess.run, ["scancel", job], env=slurm.env, check=True, timeout=30
+        )
+        t0 = time.monotonic()
+        lost = await call(client, "execute_code", session_id=sid, code="1")
+        clear = lost.is_error and "no longer running" in text(lost)
+        seconds = time.monotonic() - t0
+        resumed = await call(
+            client,
+            "start_session_resume_notebook",
+            experiment_name=tag,
+            notebook_path=Path(notebook).name,
+        )
+        ok = clear and not resumed.is_error
+        new_sid = resumed.structured_content["session_id"] if ok else None
+        runs = await runs_of(client, new_sid, tag) if new_sid else 0
+        if new_sid:
+            await call(client, "shutdown_session", session_id=new_sid)
+    # the resumed notebook re-ran the cell once on the new job: _runs has it once there
+    return {"survived": ok, "lost": 0, "rerun": max(0, runs - 1), "detected_s": seconds}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--only", help="run only this fault (for debugging)")
+    parser.add_argument("--log-level", default="ERROR", help="the servers' log level (stderr)")
+    args = parser.parse_args()
+
+    from tests.slurm import SlurmCluster
+    from tests.slurm import unavailable_reason as slurm_reason
+    from tests.sshd import SSHDServer
+    from tests.sshd import unavailable_reason as sshd_reason
+
+    import coldstart
+
+    reason = slurm_reason() or sshd_reason()
+    if reason:
+        raise SystemExit(reason)
+    root = Path(tempfile.mkdtemp(prefix="jlabgw-slurm-"))
+    workdir = Path(tempfile.mkdtemp(prefix="jlabgw-faults-"))
+    slurm = SlurmCluster(root)
+    sshd = SSHDServer(workdir / "login")
+    table: dict[str, list[dict[str, Any]]] = {}
+    try:
+        slurm.setup()
+        slurm.start()
+        sshd.set_env = {"SLURM_CONF": str(slurm.conf)}
+        sshd.setup()
+        sshd.start()
+        env = coldstart.server_env(workdir, sshd, slurm, "ssh")
+        env |= {
+            "JLABGW_KEEP_JOB": "1",
+            "JLABGW_EXEC_WAIT": "60",
+            "JLABGW_LOG_LEVEL": args.log_level,
+        }
+        kinds = ["ssh-drop-idle", "ssh-drop-running", "sshd-restart"]
+        kinds += ["server-kill", "kernel-kill", "job-cancel"]
+        for n in range(args.trials):
+            for kind in kinds:
+                if args.only and kind != args.only:
+                    continue
+                if kind == "server-kill":
+                    outcome = await trial_server_kill(env, n)
+                elif kind == "kernel-kill":
+                    outcome = await trial_kernel_kill(env, n)
+                elif kind == "job-cancel":
+                    outcome = await trial_job_cancel(env, slurm, n)
+                else:
+                    outcome = await trial_connection_fault(env, sshd, kind, n)
+                print(f"{kind} #{n + 1}: {outcome}", file=sys.stderr)
+                table.setdefault(kind, []).append(outcome)
+    finally:
+        await asyncio.to_thread(
+            subprocess.run, ["scancel", "--name=jlabgw-bench"], env=slurm.env, check=False
+        )
+        sshd.stop()
+        slurm.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(table, indent=1))
+        return
+    print("| fault | trials | survived | outputs lost | cells re-executed |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for kind, trials in table.items():
+        print(
+            f"| {kind} | {len(trials)} | {sum(t['survived'] for t in trials)} | "
+            f"{sum(t['lost'] for t in trials)} | {sum(t['rerun'] for t in trials)} |"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
