@@ -18,6 +18,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from jlabgw import kernel as kernel_module
 from jlabgw.backends.base import GatewayEndpoint
+from jlabgw.errors import ConnectionLostError
 from jlabgw.kernel import KernelConnection
 
 pytestmark = pytest.mark.anyio
@@ -93,3 +94,61 @@ async def test_output_after_the_reply_keeps_the_request_open(
         )
         await conn.close()
     assert "".join(seen) == "0\n1\n2\n3\n4\n"
+
+
+class CutOffPeer:
+    """A kernel whose first connection dies as a request arrives; ``ran_first`` says whether
+    that request ran (its output lost with the connection) or never arrived."""
+
+    def __init__(self, ran_first: bool) -> None:
+        self.ran_first = ran_first
+        self.count = 0  # the kernel's execution count
+        self.runs: list[str] = []  # msg_ids of user code the kernel ran
+        self.connections = 0
+
+    async def handler(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        first = self.connections == 1
+        async for raw in ws:
+            req = json.loads(raw)
+            content = req["content"]
+            if first:
+                if self.ran_first:
+                    self.count += 1
+                    self.runs.append(req["header"]["msg_id"])
+                await ws.close()  # nothing of it reaches the client
+                return
+            if not content.get("silent"):
+                self.count += 1
+                self.runs.append(req["header"]["msg_id"])
+            reply = {"status": "ok", "execution_count": self.count}
+            await ws.send(reply_to(req, "iopub", "status", {"execution_state": "busy"}))
+            await ws.send(reply_to(req, "shell", "execute_reply", reply))
+            await ws.send(reply_to(req, "iopub", "status", {"execution_state": "idle"}))
+
+
+@contextlib.asynccontextmanager
+async def cut_off_peer(peer: CutOffPeer) -> AsyncIterator[GatewayEndpoint]:
+    async with serve(peer.handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield GatewayEndpoint(url=f"http://127.0.0.1:{port}", token="t")
+
+
+async def test_a_request_lost_in_a_dead_connection_is_sent_again_and_runs_once() -> None:
+    peer = CutOffPeer(ran_first=False)
+    async with cut_off_peer(peer) as endpoint:
+        conn = KernelConnection(endpoint, "k3")
+        reply = await asyncio.wait_for(conn.execute("x = 1"), timeout=10)
+        await conn.close()
+    assert reply["content"]["execution_count"] == 1
+    assert len(peer.runs) == 1  # ran once: it had never arrived, so it was sent again
+
+
+async def test_a_request_that_ran_unseen_is_reported_not_rerun() -> None:
+    peer = CutOffPeer(ran_first=True)
+    async with cut_off_peer(peer) as endpoint:
+        conn = KernelConnection(endpoint, "k4")
+        with pytest.raises(ConnectionLostError, match=r"the kernel ran it \(execution_count 1\)"):
+            await asyncio.wait_for(conn.execute("x = 1"), timeout=10)
+        await conn.close()
+    assert len(peer.runs) == 1  # not re-run
