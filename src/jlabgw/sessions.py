@@ -146,7 +146,13 @@ class SessionManager:
         self._pruned: dict[str, str] = {}  # session id -> why a previous server's session is gone
 
     def _changed(self) -> None:
+        """Sessions came or went: the status file and the registry are rewritten."""
         self._on_change()
+        self._save_registry()
+
+    def _save_registry(self) -> None:
+        """A cell started or ended: only the registry (off-thread) needs to know; the status
+        file's fsynced rewrite would cost every cell ~1 ms on its reply path."""
         if self._registry is not None and self._reattached and not self._handing_over:
             records = [self._record(s) for s in self._sessions.values()]
             self._registry.save(self.backend.identity(), records)
@@ -267,7 +273,7 @@ class SessionManager:
             content: dict[str, Any] = reply.get("content", {})
             with session.doc.editing(execution.cell):
                 execution.cell.execution_count = content.get("execution_count")
-            self._changed()
+            self._save_registry()
             return content
 
     # -- gateway -----------------------------------------------------------------------------
@@ -771,7 +777,7 @@ class SessionManager:
 
             def sent(msg_id: str) -> None:
                 execution.msg_id = msg_id
-                self._changed()  # the registry now names the running request
+                self._save_registry()  # the registry now names the running request
 
             try:
                 reply = await session.conn.execute(cell.source, recorder, on_sent=sent)
@@ -782,7 +788,7 @@ class SessionManager:
                 if watchdog is not None:
                     watchdog.cancel()
                 execution.msg_id = None
-                self._changed()
+                self._save_registry()
             content: dict[str, Any] = reply.get("content", {})
             with doc.editing(cell):
                 cell.execution_count = content.get("execution_count")
