@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,34 @@ def server_env(workdir: Path, sshd: Any, slurm: Any, submit: str) -> dict[str, s
     else:
         env |= {"SLURM_CONF": str(slurm.conf), "JLABGW_PYTHON": sys.executable}
     return env
+
+
+@contextlib.contextmanager
+def cluster(workdir: Path) -> Iterator[tuple[Any, Any]]:
+    """The test suite's one-node SLURM and an sshd acting as its login node (SLURM_CONF set
+    in its sessions), started for a benchmark and stopped after it."""
+    from tests.slurm import SlurmCluster
+    from tests.slurm import unavailable_reason as slurm_reason
+    from tests.sshd import SSHDServer
+    from tests.sshd import unavailable_reason as sshd_reason
+
+    reason = slurm_reason() or sshd_reason()
+    if reason:
+        raise SystemExit(reason)
+    root = Path(tempfile.mkdtemp(prefix="jlabgw-slurm-"))
+    slurm = SlurmCluster(root)
+    sshd = SSHDServer(workdir / "login")
+    try:
+        slurm.setup()
+        slurm.start()
+        sshd.set_env = {"SLURM_CONF": str(slurm.conf)}
+        sshd.setup()
+        sshd.start()
+        yield slurm, sshd
+    finally:
+        sshd.stop()
+        slurm.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def node_idle(slurm: Any) -> bool:
@@ -166,40 +196,22 @@ async def main() -> None:
         report(args, cold, warm)
         return
 
-    from tests.slurm import SlurmCluster
-    from tests.slurm import unavailable_reason as slurm_reason
-    from tests.sshd import SSHDServer
-    from tests.sshd import unavailable_reason as sshd_reason
-
-    reason = slurm_reason() or sshd_reason()
-    if reason:
-        raise SystemExit(reason)
     if args.submit == "ssh" and not (JOB_VENV / "bin" / "python").exists():
         raise SystemExit(f"no job Python at {JOB_VENV}: run tests/cluster/setup-system.sh")
 
-    root = Path(tempfile.mkdtemp(prefix="jlabgw-slurm-"))
     workdir = Path(tempfile.mkdtemp(prefix="jlabgw-coldstart-"))
-    slurm = SlurmCluster(root)
-    sshd = SSHDServer(workdir / "login")
     try:
-        slurm.setup()
-        slurm.start()
-        sshd.set_env = {"SLURM_CONF": str(slurm.conf)}
-        sshd.setup()
-        sshd.start()
-        env = server_env(workdir, sshd, slurm, args.submit)
-        cold: list[dict[str, float]] = []
-        for i in range(args.cold):
+        with cluster(workdir) as (slurm, sshd):
+            env = server_env(workdir, sshd, slurm, args.submit)
+            cold: list[dict[str, float]] = []
+            for i in range(args.cold):
+                wait_idle(slurm)
+                run = await cold_run(env)
+                cold.append(run)
+                print(f"cold {i + 1}/{args.cold}: {run['total']:.2f} s", file=sys.stderr)
             wait_idle(slurm)
-            run = await cold_run(env)
-            cold.append(run)
-            print(f"cold {i + 1}/{args.cold}: {run['total']:.2f} s", file=sys.stderr)
-        wait_idle(slurm)
-        warm = await warm_runs(env, args.warm) if args.warm else []
+            warm = await warm_runs(env, args.warm) if args.warm else []
     finally:
-        sshd.stop()
-        slurm.stop()
-        shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
 
     report(args, cold, warm)

@@ -225,6 +225,20 @@ async def trial_job_cancel(env: dict[str, str], slurm: Any, n: int) -> dict:
     return {"survived": ok, "lost": 0, "rerun": max(0, runs - 1), "detected_s": seconds}
 
 
+KINDS = ("ssh-drop-idle", "ssh-drop-running", "sshd-restart", "server-kill", "kernel-kill")
+KINDS += ("job-cancel",)
+
+
+async def run_trial(kind: str, env: dict[str, str], slurm: Any, sshd: Any, n: int) -> dict:
+    if kind == "server-kill":
+        return await trial_server_kill(env, n)
+    if kind == "kernel-kill":
+        return await trial_kernel_kill(env, n)
+    if kind == "job-cancel":
+        return await trial_job_cancel(env, slurm, n)
+    return await trial_connection_fault(env, sshd, kind, n)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=3)
@@ -233,56 +247,31 @@ async def main() -> None:
     parser.add_argument("--log-level", default="ERROR", help="the servers' log level (stderr)")
     args = parser.parse_args()
 
-    from tests.slurm import SlurmCluster
-    from tests.slurm import unavailable_reason as slurm_reason
-    from tests.sshd import SSHDServer
-    from tests.sshd import unavailable_reason as sshd_reason
-
     import coldstart
 
-    reason = slurm_reason() or sshd_reason()
-    if reason:
-        raise SystemExit(reason)
-    root = Path(tempfile.mkdtemp(prefix="jlabgw-slurm-"))
     workdir = Path(tempfile.mkdtemp(prefix="jlabgw-faults-"))
-    slurm = SlurmCluster(root)
-    sshd = SSHDServer(workdir / "login")
     table: dict[str, list[dict[str, Any]]] = {}
     try:
-        slurm.setup()
-        slurm.start()
-        sshd.set_env = {"SLURM_CONF": str(slurm.conf)}
-        sshd.setup()
-        sshd.start()
-        env = coldstart.server_env(workdir, sshd, slurm, "ssh")
-        env |= {
-            "JLABGW_KEEP_JOB": "1",
-            "JLABGW_EXEC_WAIT": "60",
-            "JLABGW_LOG_LEVEL": args.log_level,
-        }
-        kinds = ["ssh-drop-idle", "ssh-drop-running", "sshd-restart"]
-        kinds += ["server-kill", "kernel-kill", "job-cancel"]
-        for n in range(args.trials):
-            for kind in kinds:
-                if args.only and kind != args.only:
-                    continue
-                if kind == "server-kill":
-                    outcome = await trial_server_kill(env, n)
-                elif kind == "kernel-kill":
-                    outcome = await trial_kernel_kill(env, n)
-                elif kind == "job-cancel":
-                    outcome = await trial_job_cancel(env, slurm, n)
-                else:
-                    outcome = await trial_connection_fault(env, sshd, kind, n)
-                print(f"{kind} #{n + 1}: {outcome}", file=sys.stderr)
-                table.setdefault(kind, []).append(outcome)
+        with coldstart.cluster(workdir) as (slurm, sshd):
+            env = coldstart.server_env(workdir, sshd, slurm, "ssh")
+            env |= {
+                "JLABGW_KEEP_JOB": "1",
+                "JLABGW_EXEC_WAIT": "60",
+                "JLABGW_LOG_LEVEL": args.log_level,
+            }
+            try:
+                for n in range(args.trials):
+                    for kind in KINDS:
+                        if args.only and kind != args.only:
+                            continue
+                        outcome = await run_trial(kind, env, slurm, sshd, n)
+                        print(f"{kind} #{n + 1}: {outcome}", file=sys.stderr)
+                        table.setdefault(kind, []).append(outcome)
+            finally:
+                await asyncio.to_thread(
+                    subprocess.run, ["scancel", "--name=jlabgw-bench"], env=slurm.env, check=False
+                )
     finally:
-        await asyncio.to_thread(
-            subprocess.run, ["scancel", "--name=jlabgw-bench"], env=slurm.env, check=False
-        )
-        sshd.stop()
-        slurm.stop()
-        shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         print(json.dumps(table, indent=1))

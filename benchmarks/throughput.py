@@ -26,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,33 +211,13 @@ async def big_notebook_runs(env: dict[str, str], workdir: Path, n: int) -> dict[
 
 
 @contextlib.contextmanager
-def slurm_env(workdir: Path) -> Any:
-    from tests.slurm import SlurmCluster
-    from tests.slurm import unavailable_reason as slurm_reason
-    from tests.sshd import SSHDServer
-    from tests.sshd import unavailable_reason as sshd_reason
-
+def slurm_env(workdir: Path) -> Iterator[dict[str, str]]:
     import coldstart
 
-    reason = slurm_reason() or sshd_reason()
-    if reason:
-        raise SystemExit(f"--slurm: {reason}")
-    root = Path(tempfile.mkdtemp(prefix="jlabgw-slurm-"))
-    slurm = SlurmCluster(root)
-    sshd = SSHDServer(workdir / "login")
-    try:
-        slurm.setup()
-        slurm.start()
-        sshd.set_env = {"SLURM_CONF": str(slurm.conf)}
-        sshd.setup()
-        sshd.start()
+    with coldstart.cluster(workdir) as (slurm, sshd):
         env = coldstart.server_env(workdir / "slurm", sshd, slurm, "ssh")
         env["JLABGW_SLURM_CPUS"] = "2"
         yield env
-    finally:
-        sshd.stop()
-        slurm.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def main() -> None:
