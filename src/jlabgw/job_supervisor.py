@@ -15,8 +15,15 @@ What it does, in order:
    shuts its kernels down), remove the work dir.
 5. Idle protection: the gateway culls kernels idle for ``--kernel-idle`` seconds; the job exits
    once it has had no kernel for ``--job-idle`` seconds.
+6. A gateway that dies (OOM killer, a stray ``kill``) is restarted in the same job, at most
+   ``--gateway-restarts`` times: the allocation may have waited hours in the queue. Its kernels
+   go with it (ipykernel polls its parent; any other kernel still naming the dead gateway in
+   ``JPY_PARENT_PID`` is killed here, so it cannot hold the node's memory or GPU). The new
+   connection file says how the old gateway ended and how many restarts there were, which is
+   how the client tells a replaced gateway from a dropped tunnel.
 
 Usage: python job_supervisor.py --connection-file F --work-dir D [--kernel-idle S] [--job-idle S]
+       [--gateway-restarts N]
 """
 
 from __future__ import annotations
@@ -117,6 +124,7 @@ class Supervisor:
         self.work_dir = Path(args.work_dir)
         self.kernel_idle = args.kernel_idle
         self.job_idle = args.job_idle
+        self.max_restarts: int = args.gateway_restarts
         self.proc: subprocess.Popen[bytes] | None = None
         self.stopping = False
 
@@ -181,32 +189,52 @@ class Supervisor:
             signal.signal(signum, self.on_signal)
         self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.connection_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        restarts, previous_exit = 0, ""
         try:
-            port, token = self.start_gateway()
-            info = {
-                "host": socket.gethostname(),
-                "port": port,
-                "token": token,
-                "job_id": os.environ.get("SLURM_JOB_ID", ""),
-                "pid": os.getpid(),
-                "started_at": time.time(),
-            }
-            write_private(self.connection_file, json.dumps(info))
-            log(f"gateway ready on {info['host']}:127.0.0.1:{port}; connection file written")
-            self.watch(port, token)
+            while True:
+                port, token = self.start_gateway()
+                assert self.proc is not None
+                gateway_pid = self.proc.pid
+                info = {
+                    "host": socket.gethostname(),
+                    "port": port,
+                    "token": token,
+                    "job_id": os.environ.get("SLURM_JOB_ID", ""),
+                    "pid": os.getpid(),
+                    "gateway_pid": gateway_pid,
+                    "started_at": time.time(),
+                    "restarts": restarts,
+                    "previous_exit": previous_exit,
+                }
+                write_private(self.connection_file, json.dumps(info))
+                log(f"gateway ready on {info['host']}:127.0.0.1:{port}; connection file written")
+                ended = self.watch(port, token)
+                if ended is None:
+                    return 0
+                self.connection_file.unlink(missing_ok=True)
+                killed = kill_orphaned_kernels(gateway_pid)
+                if killed:
+                    log(f"killed {killed} kernel process(es) left by the dead gateway")
+                if restarts >= self.max_restarts:
+                    log(f"the gateway {ended}; {restarts} restart(s) used up, ending the job")
+                    return 1
+                restarts += 1
+                previous_exit = f"the gateway {ended} at {time.strftime('%H:%M:%S')}"
+                log(f"{previous_exit}; starting a new one ({restarts}/{self.max_restarts})")
         finally:
             self.connection_file.unlink(missing_ok=True)
             self.stop_gateway()
             shutil.rmtree(self.work_dir, ignore_errors=True)
-        return 0
 
-    def watch(self, port: int, token: str) -> None:
+    def watch(self, port: int, token: str) -> str | None:
+        """Until the job should end (None) or the gateway dies (how it ended)."""
         idle_since = time.monotonic()
         next_check = 0.0
         while not self.stopping:
-            if self.proc is None or self.proc.poll() is not None:
-                log("the gateway exited; ending the job")
-                return
+            code = self.proc.poll() if self.proc is not None else -1
+            if code is not None:
+                self.proc = None
+                return describe_exit(code)
             now = time.monotonic()
             if self.job_idle and now >= next_check:
                 next_check = now + min(IDLE_CHECK_EVERY, self.job_idle / 4)
@@ -218,8 +246,38 @@ class Supervisor:
                     idle_since = now
                 elif kernels is not None and now - idle_since >= self.job_idle:
                     log(f"no kernel for {self.job_idle} s; ending the job")
-                    return
+                    return None
             time.sleep(0.2)
+        return None
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def kill_orphaned_kernels(gateway_pid: int) -> int:
+    """SIGKILL this user's processes started by ``gateway_pid`` (``JPY_PARENT_PID``), which a
+    dead gateway can no longer stop. Returns how many there were."""
+    marker = f"JPY_PARENT_PID={gateway_pid}".encode()
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed += 1
+        except (OSError, ValueError):  # gone meanwhile, or not ours to read
+            continue
+    return killed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--kernel-idle", type=int, default=3600)
     parser.add_argument("--job-idle", type=int, default=1800)
+    parser.add_argument("--gateway-restarts", type=int, default=3)
     return Supervisor(parser.parse_args(argv)).run()
 
 

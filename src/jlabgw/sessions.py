@@ -812,8 +812,7 @@ class SessionManager:
         raise SessionLostError(
             f"{why}: session {session.id}'s kernel and its variables are gone. The notebook "
             f"{session.doc.path.name} is intact; start_session_resume_notebook with "
-            f"notebook_path={session.doc.path.name!r} re-runs it on a new "
-            f"{'job' if self.backend.name == 'slurm' else 'gateway'}"
+            f"notebook_path={session.doc.path.name!r} re-runs it on a new kernel"
         ) from exc
 
     async def add_markdown(self, session_id: str, markdown: str) -> dict[str, Any]:

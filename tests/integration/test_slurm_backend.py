@@ -206,6 +206,15 @@ async def test_job_ended_during_a_running_cell_is_reported_without_retrying(
     assert "WebSocket, attempt 2" not in (tmp_path / "server.log").read_text()
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not count)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
 def jlabgw_status(tmp_path: Path, env: dict[str, str]) -> str:
     from tests.conftest import PYTHON, server_env
 
@@ -469,3 +478,54 @@ async def test_a_killed_server_is_replaced_and_takes_its_sessions_back(
     assert cells[1].outputs[0].text == "".join(f"tick {i}\n" for i in range(10))
     assert [c.execution_count for c in cells] == [1, 2, 3]  # nothing ran twice
     assert "took back session" in (tmp_path / "server2.log").read_text()
+
+
+async def test_a_gateway_killed_in_the_job_is_restarted_there_and_reported(
+    tmp_path: Path, slurm: SlurmCluster, sshd: SSHDServer
+) -> None:
+    """SIGKILL of the Kernel Gateway inside a live job (the OOM killer, a stray kill): the job's
+    supervisor starts a new gateway in the same allocation and kills the old kernels; the next
+    call says what happened and how to go on; resuming the notebook runs on the same job."""
+    env = slurm_env(tmp_path, slurm, sshd, JLABGW_JOB_NAME="jlabgw-gw-kill")
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            sid = await new_session(client, "gateway dies")
+            pid_out = await call(
+                client, "execute_code", session_id=sid, code="import os; x = 41; os.getpid()"
+            )
+            kernel_pid = int(text_of(pid_out).strip())
+            state = await status(client)
+            job = state["job"]["id"]
+            notebook = Path(state["sessions"][0]["notebook_path"])
+            conn_file = tmp_path / "home" / ".jlabgw" / "connections" / f"jlabgw-{job}.json"
+            before = json.loads(conn_file.read_text())
+            os.kill(before["gateway_pid"], signal.SIGKILL)
+
+            lost = await call(client, "execute_code", session_id=sid, code="x + 1")
+            assert lost.is_error
+            message = text_of(lost)
+            assert "the gateway was killed by SIGKILL at" in message
+            assert f"in batch job {job}, and the job started a new gateway (restart 1)" in message
+            assert "kernel and its variables are gone" in message
+            assert f"notebook_path='{notebook.name}'" in message
+            after = json.loads(conn_file.read_text())
+            assert after["restarts"] == 1
+            assert after["token"] != before["token"]
+            assert wait_until(lambda: not alive(kernel_pid), timeout=10)  # the old kernel went
+
+            resumed = await call(
+                client,
+                "start_session_resume_notebook",
+                experiment_name="after the gateway",
+                notebook_path=notebook.name,
+            )
+            assert not resumed.is_error, text_of(resumed)
+            new_sid = resumed.structured_content["session_id"]
+            out = await call(client, "execute_code", session_id=new_sid, code="x + 1")
+            assert text_of(out) == "42\n"
+            assert (await status(client))["job"]["id"] == job  # same allocation
+            assert squeue(slurm, job) == "RUNNING"
+    cells = nbformat.read(notebook, as_version=4).cells
+    # the failed call's cell is kept (with no output) and replayed by the resume
+    assert [c.source for c in cells][-1] == "x + 1"
+    assert cells[-1].execution_count is not None

@@ -46,6 +46,7 @@ _POLL_START = 0.1
 _POLL_MAX = 2.0
 _FILE_POLL_MAX = 1.0
 _ALIVE_CHECK_EVERY = 1.0
+_REPLACE_WAIT = 60.0  # how long a dead gateway's restart in the job may take
 _NOTICE_REFRESH = 60.0  # seconds between squeue calls for the walltime notice
 
 
@@ -70,6 +71,7 @@ class SlurmBackend(Backend):
         self._endpoint: GatewayEndpoint | None = None
         self._node_conn: SSHConnection | None = None
         self._forwarder: Forwarder | None = None
+        self._gateway_key: tuple[Any, Any] | None = None  # (port, started_at) of our gateway
         self._state_file = settings.state_dir / f"slurm-{settings.job_name}.json"
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -308,6 +310,7 @@ class SlurmBackend(Backend):
 
     def _open_tunnel(self, info: dict[str, Any], conn: SSHConnection | None) -> GatewayEndpoint:
         self._node_conn = conn or self._node_connection(str(info["host"]))
+        self._gateway_key = (info.get("port"), info.get("started_at"))
         self._forwarder = Forwarder(self._node_conn, "127.0.0.1", int(info["port"])).start()
         return GatewayEndpoint(url=self._forwarder.url, token=str(info["token"]))
 
@@ -366,11 +369,54 @@ class SlurmBackend(Backend):
         status = await asyncio.to_thread(self._slurm.status, job_id)
         self._status = status
         if status.running:
-            return None
+            replaced = await asyncio.to_thread(self._gateway_replaced, job_id)
+            if replaced is None:
+                return None  # same gateway: the tunnel only dropped, reconnecting is right
+            if replaced:
+                await asyncio.to_thread(self._drop_tunnel)  # the next start reuses the job
+                return replaced
+            # the job ended while we looked
         await asyncio.to_thread(self._drop_tunnel)  # the next start submits a new job
         self._state_file.unlink(missing_ok=True)
         self._job_id = None
-        return f"batch job {job_id} is no longer running ({status.state})"
+        state = self._status.state if self._status else status.state
+        return f"batch job {job_id} is no longer running ({state})"
+
+    def _gateway_replaced(self, job_id: str) -> str | None:
+        """Whether the job's supervisor replaced the gateway we tunnel to (it restarts one that
+        died): None if ours is still the one on record, "" if the job ended meanwhile, else why
+        ours is gone. A gateway being restarted has no connection file for a second or two."""
+        assert self._host is not None
+        assert self._slurm is not None
+        path = f"{self._conn_dir}/jlabgw-{job_id}.json"
+        deadline = time.monotonic() + _REPLACE_WAIT
+        while True:
+            try:
+                info = json.loads(self._host.read_bytes(path))
+            except FileNotFoundError:
+                info = None
+            except (OSError, ValueError, JlabgwError) as exc:
+                log.info("cannot read %s to check the gateway: %s", path, exc)
+                return None  # cannot tell; the caller's reconnect schedule decides
+            if info is not None:
+                if (info.get("port"), info.get("started_at")) == self._gateway_key:
+                    return None
+                what = str(info.get("previous_exit") or "the gateway stopped")
+                return (
+                    f"{what} in batch job {job_id}, and the job started a new gateway "
+                    f"(restart {info.get('restarts', '?')})"
+                )
+            status = self._slurm.status(job_id)
+            self._status = status
+            if not status.running:
+                return ""
+            if time.monotonic() > deadline:
+                return (
+                    f"the Kernel Gateway in batch job {job_id} stopped and has not come back "
+                    f"for {_REPLACE_WAIT:.0f} s; see {self._conn_dir}/jlabgw-{job_id}.log on "
+                    f"{self._where}"
+                )
+            time.sleep(0.5)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close_now)
