@@ -39,6 +39,8 @@ __all__ = ["NotebookDoc", "NotebookWriter"]
 log = logging.getLogger(__name__)
 
 _MAX_NAME_TRIES = 1000
+_RETRY_FIRST = 2.0  # seconds before a failed write is tried again; doubles up to _RETRY_MAX
+_RETRY_MAX = 30.0
 
 
 class NotebookDoc:
@@ -52,6 +54,7 @@ class NotebookDoc:
         self.version = 0
         self.written_version = 0
         self.write_error: str | None = None
+        self.retry_delay = 0.0  # seconds until a failed write is tried again (0: none pending)
         # id(cell) -> (cell, its JSON as it sits in the file, validated yet?). The cell is
         # kept so its id cannot be reused by another object while the entry exists.
         self._cache: dict[int, tuple[NotebookNode, bytes, bool]] = {}
@@ -283,6 +286,7 @@ class NotebookWriter:
         self.delay = delay
         self._cond = threading.Condition()
         self._dirty: dict[int, NotebookDoc] = {}
+        self._failed: dict[int, NotebookDoc] = {}  # last write failed; a retry is pending
         self._busy = 0
         self._urgent = 0
         self._stopping = False
@@ -318,7 +322,9 @@ class NotebookWriter:
     def _wait_written(self, doc: NotebookDoc | None, deadline: float, timeout: float) -> None:
         with self._cond:
             while True:
-                pending = [doc] if doc is not None else list(self._dirty.values())
+                pending = (
+                    [doc] if doc is not None else [*self._dirty.values(), *self._failed.values()]
+                )
                 waiting = [d for d in pending if d.written_version < d.version]
                 failed = [d for d in waiting if d.write_error and id(d) not in self._dirty]
                 if failed:
@@ -334,8 +340,15 @@ class NotebookWriter:
                 self._cond.wait(remaining)
 
     def close(self, timeout: float = 30.0) -> None:
+        """Write what is pending and stop. A notebook that cannot be written is logged (its
+        last good file stays); closing must go on for the others."""
         try:
             self.flush(timeout=timeout)
+        except NotebookError:
+            with self._cond:
+                failed = [d for d in self._failed.values() if d.write_error]
+            for doc in failed:
+                log.error("unsaved changes lost at exit: %s", doc.write_error)
         finally:
             with self._cond:
                 self._stopping = True
@@ -378,16 +391,42 @@ class NotebookWriter:
                 "the previous file is kept"
             )
             log.error("%s", doc.write_error)
+            self._note_failure(doc)
         except OSError as exc:
             hint = " (disk full)" if exc.errno == errno.ENOSPC else ""
             doc.write_error = (
-                f"cannot write {doc.path}: {exc.strerror}{hint}; the kernel and its state are "
-                "fine, and the notebook will be written again on the next change"
+                f"cannot write {doc.path}: {exc.strerror}{hint}. The kernel and its state are "
+                "fine; the previous file is kept whole, and the notebook is written again on "
+                "the next change and retried every few seconds until it succeeds"
             )
             log.error("%s", doc.write_error)
+            self._retry_later(doc)
         except Exception as exc:  # the writer thread must survive anything
             doc.write_error = f"not writing {doc.path}: {type(exc).__name__}: {exc}"
             log.exception("notebook writer: unexpected error for %s", doc.path)
+            self._note_failure(doc)
         else:
             doc.written_version = version
+            if doc.write_error is not None:
+                log.warning("%s written again after an earlier failure", doc.path)
             doc.write_error = None
+            doc.retry_delay = 0.0
+            with self._cond:
+                self._failed.pop(id(doc), None)
+
+    def _note_failure(self, doc: NotebookDoc) -> None:
+        """Remember ``doc`` failed, so that ``flush()`` of all notebooks reports it."""
+        with self._cond:
+            self._failed[id(doc)] = doc
+
+    def _retry_later(self, doc: NotebookDoc) -> None:
+        """Try a failed write again after a growing delay (disk full, read-only for a while):
+        the notebook must reach the disk once it can, even if no cell changes meanwhile."""
+        self._note_failure(doc)
+        with self._cond:
+            if self._stopping:
+                return
+        doc.retry_delay = min(max(doc.retry_delay * 2, _RETRY_FIRST), _RETRY_MAX)
+        timer = threading.Timer(doc.retry_delay, self.schedule, args=(doc,))
+        timer.daemon = True
+        timer.start()

@@ -33,6 +33,7 @@ from .errors import (
     JlabgwError,
     KernelDiedError,
     KernelNotFoundError,
+    NotebookError,
     SessionBusyError,
     SessionLostError,
     UnknownExecutionError,
@@ -83,6 +84,7 @@ class Session:
             "state": "busy" if self.lock.locked() else self.kernel_state,
             "created_at": self.created_at,
             "start_seconds": self.start_seconds,
+            "notebook_write_error": self.doc.write_error,
         }
 
 
@@ -843,8 +845,19 @@ class SessionManager:
             f"{session.doc.path.name} is unchanged"
         )
 
-    async def shutdown(self, session_id: str) -> str:
+    async def shutdown(self, session_id: str, *, force: bool = False) -> str:
+        """Stop the session's kernel. Refused (unless ``force``) while its notebook cannot be
+        written: the kernel then holds the only complete record of the work."""
         session = self.get(session_id)
+        if not force:
+            try:
+                await asyncio.to_thread(session.doc.flush)
+            except NotebookError as exc:
+                raise NotebookError(
+                    f"not shutting down session {session_id}: {exc}. Its kernel is kept so "
+                    "that nothing is lost; free space (or fix the permissions) and shut it "
+                    "down again"
+                ) from exc
         del self._sessions[session_id]
         self._changed()
         await session.conn.close()
@@ -863,12 +876,15 @@ class SessionManager:
             self._handing_over = True
             for session in list(self._sessions.values()):
                 await session.conn.close()
-                await asyncio.to_thread(session.doc.flush)
+                try:
+                    await asyncio.to_thread(session.doc.flush)
+                except JlabgwError as exc:
+                    log.error("handing over session %s: %s", session.id, exc)
             self._sessions.clear()
             log.info("left the kernels running on the kept job for the next server")
         for session_id in list(self._sessions):
             try:
-                await self.shutdown(session_id)
+                await self.shutdown(session_id, force=True)
             except JlabgwError as exc:
                 log.warning("shutting down session %s: %s", session_id, exc)
         if self._registry is not None:
@@ -879,4 +895,7 @@ class SessionManager:
         if self._owns_writer:
             await asyncio.to_thread(self.writer.close)
         else:
-            await asyncio.to_thread(self.writer.flush)
+            try:
+                await asyncio.to_thread(self.writer.flush)
+            except JlabgwError as exc:
+                log.error("%s", exc)
