@@ -1,7 +1,7 @@
-"""Tool arguments fuzzed with hypothesis through the MCP interface (fastmcp's in-memory client,
-the real server and a real gateway behind it): wrong types, odd strings, out-of-range indexes,
-unknown ids. Every call ends in a result or a clear error; no traceback leaks; the server stays
-up and its notebook stays valid.
+"""Tool arguments fuzzed with hypothesis through the MCP interface (fastmcp's client, in memory
+and over stdio to a ``python -m jlabgw`` subprocess, with a real gateway behind it): wrong
+types, odd strings, out-of-range indexes, unknown ids. Every call ends in a result or a clear
+error; no traceback leaks; the server stays up and its notebook stays valid.
 
 The server lives on an event loop in a thread of its own for the whole test, so hypothesis's
 (synchronous) examples can reuse it.
@@ -19,12 +19,13 @@ from typing import Any, TypeVar
 import nbformat
 import pytest
 from fastmcp import Client
+from fastmcp.client.transports import StdioTransport
 from fastmcp.exceptions import ToolError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jlabgw.server import TOOLS, build_server
-from tests.conftest import make_settings
+from tests.conftest import PYTHON, make_settings, server_env
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -33,10 +34,12 @@ T = TypeVar("T")
 
 
 class ServerThread:
-    """An in-memory MCP client connected to a jlabgw server, on a loop in another thread."""
+    """An MCP client connected to a jlabgw server (in memory, or a subprocess over stdio), on
+    a loop in another thread."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, transport: str = "memory") -> None:
         self.root = root
+        self.transport = transport
         self.loop = asyncio.new_event_loop()
         self.client: Client[Any] | None = None
         self._stop: asyncio.Event | None = None
@@ -45,9 +48,20 @@ class ServerThread:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        server = build_server(make_settings(self.root, exec_wait="5", output_limit="2000"))
+        target: Any
+        log = None
+        if self.transport == "stdio":
+            log = (self.root / "server.log").open("w")
+            target = StdioTransport(
+                PYTHON,
+                ["-m", "jlabgw"],
+                env=server_env(self.root, JLABGW_EXEC_WAIT="5", JLABGW_OUTPUT_LIMIT="2000"),
+                log_file=log,
+            )
+        else:
+            target = build_server(make_settings(self.root, exec_wait="5", output_limit="2000"))
         try:
-            async with Client(server) as client:
+            async with Client(target) as client:
                 self.client = client
                 self._ready.set_result(None)
                 await self._stop.wait()
@@ -55,6 +69,11 @@ class ServerThread:
             if not self._ready.done():
                 self._ready.set_exception(exc)
             raise
+        finally:
+            if isinstance(target, StdioTransport):
+                await target.close()  # on this loop, not in __del__ once it is closed
+                assert log is not None
+                log.close()
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
@@ -72,9 +91,11 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    with ServerThread(tmp_path_factory.mktemp("fuzz")) as running:
+@pytest.fixture(scope="module", params=["memory", "stdio"])
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ServerThread]:
+    with ServerThread(tmp_path_factory.mktemp("fuzz"), request.param) as running:
         yield running
 
 
