@@ -14,6 +14,8 @@ Faults:
   server-kill       the MCP server SIGKILLed while a cell prints; a new server takes over
   kernel-kill       the kernel process SIGKILLed from outside; restart_kernel, then a cell
   job-cancel        scancel of the job; a clear error, then resume on a new job
+  gateway-kill      the Kernel Gateway SIGKILLed inside the job between two cells; a clear
+                    error, then resume on the gateway the job starts in its place
 
 Needs root and tests/cluster/setup-system.sh (it starts the test SLURM and a login sshd).
 Usage: python benchmarks/faults.py [--trials 3] [--json]
@@ -225,8 +227,45 @@ async def trial_job_cancel(env: dict[str, str], slurm: Any, n: int) -> dict:
     return {"survived": ok, "lost": 0, "rerun": max(0, runs - 1), "detected_s": seconds}
 
 
+async def trial_gateway_kill(env: dict[str, str], sshd: Any, n: int) -> dict:
+    import pwd
+
+    tag = f"gateway-kill-{n}"
+    async with server(env) as client:
+        sid = await new_session(client, tag)
+        await call(client, "execute_code", session_id=sid, code=cell(tag, 0.01))
+        state = await status(client)
+        job, notebook = state["job"]["id"], mine(state, sid)["notebook_path"]
+        home = Path(pwd.getpwnam(sshd.user).pw_dir)
+        info = json.loads((home / ".jlabgw" / "connections" / f"jlabgw-{job}.json").read_text())
+        os.kill(int(info["gateway_pid"]), signal.SIGKILL)
+        t0 = time.monotonic()
+        lost = await call(client, "execute_code", session_id=sid, code="1")
+        clear = lost.is_error and "started a new gateway" in text(lost)
+        seconds = time.monotonic() - t0
+        resumed = await call(
+            client,
+            "start_session_resume_notebook",
+            experiment_name=tag,
+            notebook_path=Path(notebook).name,
+        )
+        ok = clear and not resumed.is_error
+        new_sid = resumed.structured_content["session_id"] if ok else None
+        same_job = (await status(client))["job"]["id"] == job
+        runs = await runs_of(client, new_sid, tag) if new_sid else 0
+        if new_sid:
+            await call(client, "shutdown_session", session_id=new_sid)
+    seen = notebook_text(notebook, 0)
+    return {
+        "survived": ok and same_job,
+        "lost": missing(tag, seen),
+        "rerun": max(0, runs - 1),
+        "detected_s": seconds,
+    }
+
+
 KINDS = ("ssh-drop-idle", "ssh-drop-running", "sshd-restart", "server-kill", "kernel-kill")
-KINDS += ("job-cancel",)
+KINDS += ("gateway-kill", "job-cancel")
 
 
 async def run_trial(kind: str, env: dict[str, str], slurm: Any, sshd: Any, n: int) -> dict:
@@ -236,6 +275,8 @@ async def run_trial(kind: str, env: dict[str, str], slurm: Any, sshd: Any, n: in
         return await trial_kernel_kill(env, n)
     if kind == "job-cancel":
         return await trial_job_cancel(env, slurm, n)
+    if kind == "gateway-kill":
+        return await trial_gateway_kill(env, sshd, n)
     return await trial_connection_fault(env, sshd, kind, n)
 
 
