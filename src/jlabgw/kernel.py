@@ -15,10 +15,12 @@ code is never executed twice. If reopening fails, the request fails with a clear
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import socket
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ Message = dict[str, Any]
 OnMessage = Callable[[Message], None]
 
 _OPEN_TIMEOUT = 30.0
+_SEEN_MAX = 20_000  # msg_ids remembered for dropping replays (the gateway keeps <= 4096)
 _REOPEN_DELAYS = (0.0, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0)  # bounded: ~16 s plus connect timeouts
 # After the reply, IOPub must end with ``status: idle``. If IOPub goes quiet for this long
 # instead (a lost subscription), the request completes rather than waiting forever.
@@ -126,13 +129,21 @@ class KernelConnection:
         self.execution_count: int | None = 0
         self.reopens = 0
         self.on_status: Callable[[str], None] | None = None
+        # msg_ids already received, and the newest: a reopened WebSocket asks the gateway
+        # (gateway_ext) for what was written after it, which may repeat some of these
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._last_msg_id: str | None = None
+        self.duplicates = 0
 
     @property
     def url(self) -> str:
-        return (
+        url = (
             f"{self.endpoint.ws_url}/api/kernels/{self.kernel_id}/channels"
             f"?session_id={self.session_id}"
         )
+        if self._last_msg_id is not None:
+            url += f"&jlabgw_last={urllib.parse.quote(self._last_msg_id, safe='')}"
+        return url
 
     @property
     def connected(self) -> bool:
@@ -415,7 +426,9 @@ class KernelConnection:
                         if isinstance(raw, bytes):
                             log.debug("ignoring binary frame (%d bytes) from kernel", len(raw))
                             continue
-                        self._dispatch(json.loads(raw))
+                        msg = json.loads(raw)
+                        if self._first_time(msg):
+                            self._dispatch(msg)
                 except websockets.ConnectionClosed:
                     pass
                 if self._closed or not self._pending:
@@ -469,6 +482,20 @@ class KernelConnection:
             self.reopens += 1
             return ws
         raise last or ConnectionLostError("the kernel connection was closed")
+
+    def _first_time(self, msg: Message) -> bool:
+        """Record ``msg``'s id; False if it was received before (a replay repeats some)."""
+        msg_id = (msg.get("header") or {}).get("msg_id") or msg.get("msg_id")
+        if not isinstance(msg_id, str):
+            return True
+        if msg_id in self._seen:
+            self.duplicates += 1
+            return False
+        self._seen[msg_id] = None
+        if len(self._seen) > _SEEN_MAX:
+            self._seen.popitem(last=False)
+        self._last_msg_id = msg_id
+        return True
 
     def _dispatch(self, msg: Message) -> None:
         channel = msg.get("channel")

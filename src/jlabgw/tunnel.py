@@ -142,8 +142,23 @@ def _pump(sock: socket.socket, chan: paramiko.Channel, stop: threading.Event) ->
                 sock.sendall(data)
             except OSError:
                 return
-        if chan.closed or (chan.eof_received and not chan.recv_ready()):
+        if chan.closed or chan.eof_received:
+            # The far end is gone (a dropped SSH connection closes its channels), but what it
+            # sent before may still sit in the channel's buffer: hand it over first, or the
+            # last output before a drop would be lost on this side.
+            _drain(chan, sock)
             return
+
+
+def _drain(chan: paramiko.Channel, sock: socket.socket) -> None:
+    with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
+        for _ in range(10_000):  # bounded: a closed channel's buffer only shrinks
+            if not chan.recv_ready():
+                return
+            data = chan.recv(_CHUNK)
+            if not data:
+                return
+            sock.sendall(data)
 
 
 def _close(sock: socket.socket, chan: paramiko.Channel) -> None:

@@ -114,3 +114,69 @@ async def test_restart_and_missing_kernel(kernel: Kernel) -> None:
     assert any(k["id"] == conn.kernel_id for k in await gateway.list_kernels())
     with pytest.raises(KernelNotFoundError, match="no longer exists"):
         await gateway.get_kernel("00000000-0000-0000-0000-000000000000")
+
+
+async def _drop_mid_cell_and_reconnect(shared_backend: LocalBackend, *, ask_replay: bool) -> str:
+    """Run a printing cell on a raw WebSocket, stop reading after its first line, let the
+    gateway write more into the socket, abort it (what an sshd killed mid-cell does to those
+    bytes), reconnect with the same session id and collect the rest. Returns all text seen."""
+    import json
+    import uuid
+
+    import websockets
+    from jupyter_client.jsonutil import json_default
+    from jupyter_client.session import Session
+
+    endpoint = await shared_backend.start()
+    gateway = GatewayClient(endpoint)
+    kernel_id = (await gateway.start_kernel("python3"))["id"]
+    session = Session(session=uuid.uuid4().hex, username="test")
+    url = f"{endpoint.ws_url}/api/kernels/{kernel_id}/channels?session_id={session.session}"
+    headers = {"Authorization": f"token {endpoint.token}"}
+    seen: dict[str, dict[str, Any]] = {}
+    try:
+        ws = await websockets.connect(url, additional_headers=headers, max_size=None)
+        code = "import time\nfor i in range(30):\n    print(i, flush=True)\n    time.sleep(0.02)"
+        request = session.msg("execute_request", {"code": code, "silent": False})
+        request["channel"] = "shell"
+        await ws.send(json.dumps(request, default=json_default))
+        parent = request["header"]["msg_id"]
+        last = ""
+        async with asyncio.timeout(30):
+            while not stream_text(list(seen.values())):
+                msg = json.loads(await ws.recv())
+                seen[msg["header"]["msg_id"]] = msg
+                last = msg["header"]["msg_id"]
+        await asyncio.sleep(0.4)  # the gateway goes on writing; nobody reads it
+        ws.transport.abort()
+        await asyncio.sleep(0.3)
+        again = url + (f"&jlabgw_last={last}" if ask_replay else "")
+        ws = await websockets.connect(again, additional_headers=headers, max_size=None)
+        idle = replied = False
+        async with asyncio.timeout(30):
+            while not (idle and replied):
+                msg = json.loads(await ws.recv())
+                seen.setdefault(msg["header"]["msg_id"], msg)
+                if msg["parent_header"].get("msg_id") == parent:
+                    replied |= msg["msg_type"] == "execute_reply"
+                    idle |= (
+                        msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+                    )
+        await ws.close()
+    finally:
+        with contextlib.suppress(KernelNotFoundError):
+            await gateway.delete_kernel(kernel_id)
+        await gateway.aclose()
+    mine = [m for m in seen.values() if m["parent_header"].get("msg_id") == parent]
+    return stream_text(mine)
+
+
+async def test_output_swallowed_by_a_dropped_connection_is_sent_again(
+    shared_backend: LocalBackend,
+) -> None:
+    everything = "".join(f"{i}\n" for i in range(30))
+    assert await _drop_mid_cell_and_reconnect(shared_backend, ask_replay=True) == everything
+    # the loss it repairs: jupyter_server's own replay alone misses what was in flight
+    partial = await _drop_mid_cell_and_reconnect(shared_backend, ask_replay=False)
+    assert partial != everything
+    assert len(partial) < len(everything)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -26,12 +27,16 @@ pytestmark = pytest.mark.anyio
 Script = Callable[[ServerConnection, dict[str, Any]], Any]
 
 
+_ids = itertools.count()
+
+
 def reply_to(request: dict[str, Any], channel: str, msg_type: str, content: dict[str, Any]) -> str:
+    """A message from the "kernel" with a msg_id of its own, as real kernels give."""
     return json.dumps(
         {
             "channel": channel,
             "msg_type": msg_type,
-            "header": {"msg_id": f"{msg_type}-{request['header']['msg_id']}", "msg_type": msg_type},
+            "header": {"msg_id": f"{msg_type}-{next(_ids)}", "msg_type": msg_type},
             "parent_header": request["header"],
             "metadata": {},
             "content": content,
@@ -152,3 +157,37 @@ async def test_a_request_that_ran_unseen_is_reported_not_rerun() -> None:
             await asyncio.wait_for(conn.execute("x = 1"), timeout=10)
         await conn.close()
     assert len(peer.runs) == 1  # not re-run
+
+
+async def test_repeated_messages_are_dropped_and_a_reopen_names_the_last_one() -> None:
+    """A gateway replaying after a reconnect may repeat messages: each counts once. The
+    reopened WebSocket asks for what came after the last message received."""
+    paths: list[str] = []
+
+    async def twice(ws: ServerConnection, req: dict[str, Any]) -> None:
+        paths.append(ws.request.path if ws.request else "")
+        out = reply_to(req, "iopub", "stream", {"name": "stdout", "text": "once\n"})
+        await ws.send(out)
+        await ws.send(out)  # as a replay would
+        await ws.send(
+            reply_to(req, "shell", "execute_reply", {"status": "ok", "execution_count": 1})
+        )
+        await ws.send(reply_to(req, "iopub", "status", {"execution_state": "idle"}))
+        await ws.close()  # the next request has to reopen
+
+    async with peer(twice) as endpoint:
+        conn = KernelConnection(endpoint, "k1")
+        texts: list[str] = []
+        await conn.execute("1", on_iopub=lambda m: texts.append(m["content"].get("text", "")))
+        assert texts == ["once\n"]
+        assert conn.duplicates == 1
+        for _ in range(100):  # bounded: until the reader has seen the close
+            if not conn.connected:
+                break
+            await asyncio.sleep(0.02)
+        with contextlib.suppress(ConnectionLostError):
+            await asyncio.wait_for(conn.execute("2"), timeout=5)
+        await conn.close()
+    assert "jlabgw_last" not in paths[0]
+    assert len(paths) == 2, paths
+    assert "&jlabgw_last=status-" in paths[1]  # the idle status was the last message
