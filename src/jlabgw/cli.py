@@ -30,6 +30,9 @@ def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     group = common.add_argument_group("settings (override JLABGW_* and the config file)")
     group.add_argument("--config", metavar="FILE", help="TOML config file (JLABGW_CONFIG)")
+    group.add_argument(
+        "--profile", metavar="NAME", help="[profiles.NAME] of the config file (JLABGW_PROFILE)"
+    )
     group.add_argument("--backend", choices=["local", "slurm"], help="where the gateway runs")
     group.add_argument("--notebook-dir", metavar="DIR", help="notebook directory")
     group.add_argument("--state-dir", metavar="DIR", help="private state directory")
@@ -96,22 +99,43 @@ def build_parser() -> argparse.ArgumentParser:
         "JLABGW_SSH_HOST to HOST:PORT as seen from there. Runs until Ctrl-C.",
     )
     tunnel.add_argument("--remote", metavar="HOST:PORT", help="forward to this address via SSH")
+    sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check the set-up and say how to fix what fails",
+        description="Check the config, directories, SSH to the login node, SLURM, the "
+        "cluster's Python and the batch script (or, for the local backend, that a gateway "
+        "starts). Exit code 1 if any check fails.",
+    )
+    config = sub.add_parser(
+        "config",
+        parents=[common],
+        help="show the effective settings and where each comes from",
+        description="Print every setting, its value and its source (command line, "
+        "environment, config file or profile, default). Secrets are masked.",
+    )
+    config.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
     config = getattr(args, "config", None)
     if config:
         os.environ[ENV_PREFIX + "CONFIG"] = config
-    flags = {
+    return {
         key: getattr(args, key, None)
-        for key in ("backend", "notebook_dir", "state_dir", "kernel_name", "log_level")
+        for key in ("profile", "backend", "notebook_dir", "state_dir", "kernel_name", "log_level")
     }
-    return load_settings(flags)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(_flags(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "doctor":  # a config that does not load is one of its findings
+        return _doctor(_flags(args))
     try:
         settings = _settings(args)
     except JlabgwError as exc:
@@ -131,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _stop(settings, args.pid)
         if command == "tunnel":
             return _tunnel(settings, args.remote)
+        if command == "config":
+            return _config(_flags(args), as_json=args.json)
     except JlabgwError as exc:
         print(f"jlabgw: {exc}", file=sys.stderr)
         return 1
@@ -243,6 +269,47 @@ async def _run(settings: Settings, code: str, name: str, notebook: str | None) -
             await manager.aclose()
         finally:
             await backend.aclose()
+
+
+# -- doctor / config -----------------------------------------------------------------------------
+
+
+def _doctor(flags: dict[str, Any]) -> int:
+    from .doctor import doctor, render_report, tty_safe
+
+    configure_logging("ERROR")  # the report says it all; library warnings would interleave
+
+    def write(line: str) -> None:
+        print(tty_safe(line), flush=True)
+
+    print("jlabgw doctor", flush=True)
+    return render_report(doctor(flags), write)
+
+
+def _config(flags: dict[str, Any], as_json: bool) -> int:
+    from .config import resolve_settings
+    from .log import mask_secrets
+
+    resolved = resolve_settings(flags)
+    dumped = resolved.settings.model_dump(mode="json")
+    rows = [
+        (key, mask_secrets("" if value is None else str(value)), resolved.origins[key])
+        for key, value in dumped.items()
+    ]
+    if as_json:
+        print(json.dumps({k: {"value": v, "source": o} for k, v, o in rows}, indent=1))
+        return 0
+    print(
+        f"config file: {resolved.config_path}"
+        + ("" if resolved.config_path.exists() else " (none)")
+    )
+    if resolved.profiles:
+        print(f"profiles:    {', '.join(resolved.profiles)}")
+    width = max(len(ENV_PREFIX) + len(k) for k in dumped)
+    for key, value, origin in rows:
+        shown = value.replace("\n", "\\n") if value else "''"
+        print(f"{ENV_PREFIX + key.upper():<{width}}  {shown}  [{origin}]")
+    return 0
 
 
 # -- status / stop -------------------------------------------------------------------------------

@@ -4,6 +4,10 @@ The TOML file is ``$JLABGW_CONFIG`` if set, else ``~/.config/jlabgw/config.toml`
 the setting names in lower case (``notebook_dir = "~/nb"``). Every value is validated by one
 pydantic model; a bad value fails with one line naming the key, where it came from and what was
 expected.
+
+Several clusters fit in one file as profiles: ``[profiles.NAME]`` tables whose keys override the
+file's top-level ones when ``JLABGW_PROFILE=NAME`` (or ``--profile NAME``, or ``profile = "NAME"``
+at the top of the file) selects them. Environment variables and flags still win over both.
 """
 
 from __future__ import annotations
@@ -12,13 +16,20 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "default_config_path", "load_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "Resolved",
+    "Settings",
+    "default_config_path",
+    "load_settings",
+    "resolve_settings",
+]
 
 ENV_PREFIX = "JLABGW_"
 
@@ -33,6 +44,9 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
+    profile: str = Field(
+        "", description="Which [profiles.NAME] table of the config file applies (empty: none)."
+    )
     backend: Literal["local", "slurm"] = Field(
         "local",
         description="Where the gateway runs: 'local' (a subprocess here) or 'slurm' (a batch job).",
@@ -187,6 +201,17 @@ def _read_toml(path: Path, required: bool) -> dict[str, Any]:
     return data
 
 
+class Resolved(NamedTuple):
+    """Settings and, for each, where its value came from (for ``jlabgw config``)."""
+
+    settings: Settings
+    origins: dict[
+        str, str
+    ]  # setting -> "command line" | "environment" | "config file ..." | "default"
+    config_path: Path
+    profiles: list[str]  # the profiles the file defines
+
+
 def load_settings(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -195,31 +220,67 @@ def load_settings(
 
     ``flags`` holds only the options the user actually gave (``None`` values are ignored).
     """
+    return resolve_settings(flags, environ).settings
+
+
+def _check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; "
+            f"valid keys: {', '.join(Settings.model_fields)}"
+        )
+
+
+def resolve_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Resolved:
+    """:func:`load_settings`, also saying where each value came from."""
     env = os.environ if environ is None else environ
     fields = Settings.model_fields
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
 
     path = default_config_path(env)
-    file_values = _read_toml(path, required=bool(env.get(ENV_PREFIX + "CONFIG")))
-    unknown = sorted(set(file_values) - set(fields))
-    if unknown:
+    file_values = dict(_read_toml(path, required=bool(env.get(ENV_PREFIX + "CONFIG"))))
+    profiles = file_values.pop("profiles", {})
+    if not isinstance(profiles, dict) or not all(isinstance(t, dict) for t in profiles.values()):
         raise ConfigError(
-            f"config file {path}: unknown key(s) {', '.join(unknown)}; "
-            f"valid keys: {', '.join(fields)}"
+            f"config file {path}: 'profiles' must hold tables, e.g. [profiles.gpu] with "
+            "settings under it"
         )
+    _check_keys(f"config file {path}", file_values, set(fields))
+    for name, table in profiles.items():
+        _check_keys(f"config file {path} [profiles.{name}]", table, set(fields) - {"profile"})
     for key, value in file_values.items():
         values[key], origin[key] = value, f"config file {path}"
+
+    # the profile: flag > env > the file's own choice
+    profile = str((flags or {}).get("profile") or env.get(ENV_PREFIX + "PROFILE") or "")
+    profile = profile or str(file_values.get("profile", ""))
+    if profile:
+        if profile not in profiles:
+            defined = ", ".join(sorted(profiles)) or "none"
+            raise ConfigError(
+                f"profile {profile!r} is not defined in {path} (profiles there: {defined}); "
+                f"add a [profiles.{profile}] table or pick another with JLABGW_PROFILE"
+            )
+        for key, value in profiles[profile].items():
+            values[key], origin[key] = value, f"config file {path} [profiles.{profile}]"
+
     for key in fields:
         env_key = ENV_PREFIX + key.upper()
         if env_key in env:
             values[key], origin[key] = env[env_key], "environment"
     for key, value in (flags or {}).items():
-        if value is not None:
+        if value is not None and key in fields:
             values[key], origin[key] = value, "command line"
+    if profile:
+        values["profile"] = profile
 
     try:
-        return Settings(**values)
+        settings = Settings(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = str(err["loc"][0]) if err["loc"] else "?"
@@ -229,6 +290,8 @@ def load_settings(
         raise ConfigError(
             f"invalid setting {ENV_PREFIX}{key.upper()}={given!r} (from {where}): {expected}"
         ) from exc
+    origins = {key: origin.get(key, "default") for key in fields}
+    return Resolved(settings, origins, path, sorted(profiles))
 
 
 def _expected(key: str, msg: str) -> str:

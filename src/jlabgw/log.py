@@ -7,9 +7,16 @@ token that slips into a message or an exception text is replaced by ``***``.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
-__all__ = ["configure_logging", "register_secret"]
+__all__ = ["configure_logging", "mask_secrets", "register_secret"]
+
+# NAME=value / --name=value / name: value where the name says it is a secret
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)(\b[\w.-]*(?:token|secret|passw(?:or)?d|api[_-]?key|access[_-]?key|credential)"
+    r"[\w.-]*\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s;&|]+)"
+)
 
 _SECRETS: set[str] = set()
 
@@ -29,6 +36,14 @@ class _RedactSecrets(logging.Filter):
             if redacted != message:
                 record.msg, record.args = redacted, None
         return True
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with registered secrets and secret-looking assignments replaced by ``***``
+    (a ``remote_setup`` may export an API token for the job)."""
+    for secret in _SECRETS:
+        text = text.replace(secret, "***")
+    return _SECRET_ASSIGNMENT.sub(r"\1***", text)
 
 
 def configure_logging(level: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -170,3 +171,70 @@ def test_tunnel_local_starts_a_gateway_and_prints_a_working_curl(tmp_path: Path)
             if proc.poll() is None:
                 proc.kill()
     assert not token_file.exists()  # the gateway and its secret file are gone
+
+
+def test_config_shows_each_setting_with_its_source_and_masks_secrets(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        'exec_wait = 12\n[profiles.gpu]\nslurm_gres = "gpu:1"\n'
+        'remote_setup = "module load cuda\\nexport HF_TOKEN=hf_abcdef123"\n'
+    )
+    done = jlabgw(
+        tmp_path, "config", "--profile", "gpu", JLABGW_CONFIG=str(cfg), JLABGW_OUTPUT_LIMIT="5000"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith("JL")}
+    assert lines["JLABGW_EXEC_WAIT"].endswith(f"12.0  [config file {cfg}]")
+    assert lines["JLABGW_SLURM_GRES"].endswith(f"gpu:1  [config file {cfg} [profiles.gpu]]")
+    assert lines["JLABGW_OUTPUT_LIMIT"].endswith("5000  [environment]")
+    assert lines["JLABGW_PROFILE"].endswith("gpu  [command line]")
+    assert lines["JLABGW_KERNEL_NAME"].endswith("python3  [default]")
+    assert "hf_abcdef123" not in done.stdout
+    assert "HF_TOKEN=***" in done.stdout
+    as_json = json.loads(
+        jlabgw(tmp_path, "config", "--json", "--profile", "gpu", JLABGW_CONFIG=str(cfg)).stdout
+    )
+    assert as_json["slurm_gres"] == {
+        "value": "gpu:1",
+        "source": f"config file {cfg} [profiles.gpu]",
+    }
+
+
+def test_doctor_on_a_working_local_setup(tmp_path: Path) -> None:
+    done = jlabgw(tmp_path, "doctor")
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = [line[2:].split("  ")[0].strip() for line in done.stdout.splitlines()[1:-1]]
+    assert names == [
+        "config",
+        "notebook dir",
+        "state dir",
+        "jupyter packages",
+        "kernel spec",
+        "gateway start",
+    ]
+    assert all(line.startswith("✓") for line in done.stdout.splitlines()[1:-1]), done.stdout
+    assert "a gateway started and answered in" in done.stdout
+    assert done.stdout.splitlines()[-1] == "all checks passed"
+
+
+def test_doctor_reports_what_is_broken_with_the_fix(tmp_path: Path) -> None:
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("backend = slurm\n")
+    done = jlabgw(tmp_path, "doctor", JLABGW_CONFIG=str(bad_toml))
+    assert done.returncode == 1
+    assert "✗ config" in done.stdout
+    assert "is not valid TOML" in done.stdout
+    assert "fix: " in done.stdout
+
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the notebook dir should be")
+    done = jlabgw(
+        tmp_path, "doctor", JLABGW_NOTEBOOK_DIR=str(blocked), JLABGW_KERNEL_NAME="julia-1.10"
+    )
+    assert done.returncode == 1
+    out = re.sub(" {2,}", "  ", done.stdout)  # column padding aside
+    assert f"✗ notebook dir  {blocked} is not writable" in out
+    assert "fix: set JLABGW_NOTEBOOK_DIR" in out
+    assert "✗ kernel spec  no kernel spec 'julia-1.10' here (available: python3" in out
+    assert "– gateway start  skipped: needs kernel spec" in out
+    assert out.splitlines()[-1] == "2 check(s) failed"

@@ -100,3 +100,67 @@ def test_empty_optional_values_mean_unset(tmp_path: Path) -> None:
     assert (s.ssh_key, s.ssh_port, s.ssh_user) == (None, None, None)
     with pytest.raises(ConfigError, match=r"JLABGW_SSH_PORT='70000'"):
         load_settings(environ={"JLABGW_CONFIG": str(cfg), "JLABGW_SSH_PORT": "70000"})
+
+
+PROFILES = """
+backend = "slurm"
+slurm_time = "01:00:00"
+ssh_host = "login.example.org"
+
+[profiles.cpu]
+slurm_partition = "standard"
+
+[profiles.gpu]
+slurm_partition = "gpu"
+slurm_gres = "gpu:a100:1"
+slurm_time = "04:00:00"
+"""
+
+
+def test_profiles_override_the_top_level_and_report_origins(tmp_path: Path) -> None:
+    from jlabgw.config import resolve_settings
+
+    cfg = write(tmp_path / "c.toml", PROFILES)
+    plain = resolve_settings(environ={"JLABGW_CONFIG": str(cfg)})
+    assert (plain.settings.profile, plain.settings.slurm_partition) == ("", "")
+    assert plain.profiles == ["cpu", "gpu"]
+    assert plain.origins["slurm_time"] == f"config file {cfg}"
+    assert plain.origins["kernel_name"] == "default"
+
+    env = {"JLABGW_CONFIG": str(cfg), "JLABGW_PROFILE": "gpu"}
+    gpu = resolve_settings(environ=env)
+    assert gpu.settings.profile == "gpu"
+    assert (gpu.settings.slurm_gres, gpu.settings.slurm_time) == ("gpu:a100:1", "04:00:00")
+    assert gpu.settings.ssh_host == "login.example.org"  # inherited from the top level
+    assert gpu.origins["slurm_gres"] == f"config file {cfg} [profiles.gpu]"
+    assert gpu.origins["profile"] == "environment"
+    # a flag picks another profile; an env variable still beats the profile's value
+    cpu = resolve_settings({"profile": "cpu"}, environ={**env, "JLABGW_SLURM_TIME": "00:30:00"})
+    assert (cpu.settings.slurm_partition, cpu.settings.slurm_time) == ("standard", "00:30:00")
+    assert cpu.origins["slurm_time"] == "environment"
+    # the file may choose its own default profile
+    chosen = write(tmp_path / "d.toml", 'profile = "cpu"\n' + PROFILES)
+    assert load_settings(environ={"JLABGW_CONFIG": str(chosen)}).slurm_partition == "standard"
+
+
+def test_profile_errors_name_the_fix(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.toml", PROFILES)
+    with pytest.raises(ConfigError, match=r"profile 'tpu' is not defined .* cpu, gpu"):
+        load_settings(environ={"JLABGW_CONFIG": str(cfg), "JLABGW_PROFILE": "tpu"})
+    bad = write(tmp_path / "bad.toml", PROFILES + 'slurm_gpus = "2"\n')
+    with pytest.raises(ConfigError, match=r"\[profiles.gpu\]: unknown key\(s\) slurm_gpus"):
+        load_settings(environ={"JLABGW_CONFIG": str(bad)})
+    flat = write(tmp_path / "flat.toml", 'profiles = "gpu"\n')
+    with pytest.raises(ConfigError, match="'profiles' must hold tables"):
+        load_settings(environ={"JLABGW_CONFIG": str(flat)})
+
+
+def test_secret_looking_values_are_masked() -> None:
+    from jlabgw.log import mask_secrets, register_secret
+
+    setup = "module load cuda\nexport WANDB_API_KEY=abc123 HF_TOKEN='x y'; --password=hunter2"
+    masked = mask_secrets(setup)
+    assert masked == ("module load cuda\nexport WANDB_API_KEY=*** HF_TOKEN=***; --password=***")
+    register_secret("s3cr3t-token-value")
+    assert mask_secrets("url?x=s3cr3t-token-value") == "url?x=***"
+    assert mask_secrets("keyboard=1 monkey=2") == "keyboard=1 monkey=2"
