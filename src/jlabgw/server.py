@@ -58,6 +58,13 @@ ExperimentName = Annotated[
     str,
     Field(description="Short name for the experiment; it becomes the notebook's file name."),
 ]
+KernelName = Annotated[
+    str | None,
+    Field(
+        description="Kernel spec to start (python3, ir, julia-1.10 ...; list_kernelspecs shows "
+        "what the gateway has). Default: the configured one; for a notebook, the one it names."
+    ),
+]
 NotebookPath = Annotated[
     str,
     Field(description="Notebook path, relative to the notebook directory (or absolute inside it)."),
@@ -141,33 +148,49 @@ def _execution_result(result: ExecutionResult, limits: Limits) -> ToolResult:
 # -- tools -------------------------------------------------------------------------------------
 
 
-async def start_new_session(experiment_name: ExperimentName, ctx: Context) -> dict[str, Any]:
-    """Start a new kernel and a new notebook for it.
+async def start_new_session(
+    experiment_name: ExperimentName, ctx: Context, kernel_name: KernelName = None
+) -> dict[str, Any]:
+    """Start a new kernel and a new, empty notebook for it. Use this first.
 
     Returns session_id (pass it to every other tool), notebook_path, kernel_id and backend.
+    To pick up earlier work instead, use start_session_resume_notebook.
     """
-    return await _sessions(ctx).start_new(experiment_name, _progress(ctx))
+    return await _sessions(ctx).start_new(experiment_name, _progress(ctx), kernel_name=kernel_name)
 
 
 async def start_session_resume_notebook(
-    experiment_name: ExperimentName, notebook_path: NotebookPath, ctx: Context
+    experiment_name: ExperimentName,
+    notebook_path: NotebookPath,
+    ctx: Context,
+    kernel_name: KernelName = None,
 ) -> dict[str, Any]:
     """Reopen an existing notebook with a new kernel and re-run its code cells in order.
 
-    Rebuilds the kernel state after a restart or a lost job. New outputs replace the old ones
-    in the same file. Returns the session plus failed_cells (index, ename, evalue) if any.
+    Rebuilds the kernel state after a restart, a lost job or a lost session (an error that
+    says a session's kernel is gone names the notebook to pass here). New outputs replace the
+    old ones in the same file. Returns the session plus executed_cells and failed_cells
+    (cell_index, ename, evalue) if any.
     """
-    return await _sessions(ctx).resume(experiment_name, notebook_path, _progress(ctx))
+    return await _sessions(ctx).resume(
+        experiment_name, notebook_path, _progress(ctx), kernel_name=kernel_name
+    )
 
 
 async def start_session_continue_notebook(
-    experiment_name: ExperimentName, notebook_path: NotebookPath, ctx: Context
+    experiment_name: ExperimentName,
+    notebook_path: NotebookPath,
+    ctx: Context,
+    kernel_name: KernelName = None,
 ) -> dict[str, Any]:
     """Copy a notebook to <name>_continued.ipynb and attach a fresh kernel; nothing is re-run.
 
-    The original file is left untouched. Variables from the old notebook are NOT defined.
+    The original file is left untouched. Variables from the old notebook are NOT defined:
+    use this to build on a notebook's text, start_session_resume_notebook to get its state.
     """
-    return await _sessions(ctx).continue_(experiment_name, notebook_path, _progress(ctx))
+    return await _sessions(ctx).continue_(
+        experiment_name, notebook_path, _progress(ctx), kernel_name=kernel_name
+    )
 
 
 async def execute_code(
@@ -277,6 +300,14 @@ async def list_sessions(ctx: Context) -> list[dict[str, Any]]:
     return _sessions(ctx).list()
 
 
+async def list_kernelspecs(ctx: Context) -> list[dict[str, Any]]:
+    """Kernels the gateway can start (name, display_name, language; the default first).
+
+    Pass a name as kernel_name to start_new_session for R, Julia or another language.
+    """
+    return await _sessions(ctx).list_kernelspecs()
+
+
 async def interrupt_kernel(session_id: SessionId, ctx: Context) -> str:
     """Interrupt the code running in the session (like Ctrl-C); variables are kept."""
     return await _sessions(ctx).interrupt(session_id)
@@ -300,6 +331,7 @@ TOOLS = (
     add_markdown,
     shutdown_session,
     list_sessions,
+    list_kernelspecs,
     interrupt_kernel,
     restart_kernel,
 )

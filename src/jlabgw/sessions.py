@@ -92,6 +92,13 @@ async def _no_progress(done: float, total: float | None, message: str) -> None:
     return None
 
 
+def _notebook_kernel(nb: Any) -> str | None:
+    """The kernel spec a notebook names in its metadata, if any."""
+    spec = nb.metadata.get("kernelspec") or {}
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return str(name) if name else None
+
+
 _Started = tuple[KernelConnection, dict[str, Any], dict[str, float]]
 _SPARE_CHECK_TIMEOUT = 10.0
 _DISCARD_TIMEOUT = 10.0
@@ -298,6 +305,20 @@ class SessionManager:
             self._kernelspecs = await gw.kernelspecs()
         return self._kernelspecs
 
+    async def list_kernelspecs(self) -> list[dict[str, Any]]:
+        """The kernels the gateway can start, the default first."""
+        specs = (await self.kernelspecs()).get("kernelspecs", {})
+        listed = [
+            {
+                "name": name,
+                "display_name": entry.get("spec", {}).get("display_name", name),
+                "language": entry.get("spec", {}).get("language", ""),
+                "default": name == self.settings.kernel_name,
+            }
+            for name, entry in sorted(specs.items())
+        ]
+        return sorted(listed, key=lambda spec: not spec["default"])
+
     async def _until_adopted(self, session: Session, adopted: asyncio.Future[Message]) -> Message:
         """The adopted request's reply. If the cell ended just before the previous server
         died (its end consumed, the registry not yet updated), no reply will come: the
@@ -359,8 +380,12 @@ class SessionManager:
         self._spare = asyncio.create_task(self._start_kernel(_no_progress), name="spare-kernel")
         self._spare.add_done_callback(_log_spare_failure)
 
-    async def _take_kernel(self, progress: Progress) -> _Started:
-        """The spare kernel if it is alive, else a new one; then a new spare behind it."""
+    async def _take_kernel(self, progress: Progress, kernel_name: str | None = None) -> _Started:
+        """The spare kernel if it is alive, else a new one; then a new spare behind it.
+
+        The spare runs the default kernel spec; another ``kernel_name`` is started afresh."""
+        if kernel_name and kernel_name != self.settings.kernel_name:
+            return await self._start_kernel(progress, kernel_name)
         spare, self._spare = self._spare, None
         started = await self._claim(spare, progress) if spare is not None else None
         if started is None:
@@ -408,19 +433,20 @@ class SessionManager:
             conn = (await spare)[0]
             await self._discard_kernel(conn)
 
-    async def _start_kernel(self, progress: Progress) -> _Started:
+    async def _start_kernel(self, progress: Progress, kernel_name: str | None = None) -> _Started:
         """A new kernel, answering; its notebook metadata; seconds spent per step."""
         t0 = time.monotonic()
         await progress(0, None, "starting the gateway")
         gw = await self.gateway(progress)
         t_gateway = time.monotonic()
-        name = self.settings.kernel_name
+        name = kernel_name or self.settings.kernel_name
         specs = await self.kernelspecs()
         if name not in specs.get("kernelspecs", {}):
             available = ", ".join(sorted(specs.get("kernelspecs", {}))) or "none"
             raise JlabgwError(
                 f"kernel {name!r} is not installed on the gateway (available: {available}); "
-                "set JLABGW_KERNEL_NAME"
+                "pass one of those as kernel_name (list_kernelspecs describes them), or "
+                "install it where the gateway runs"
             )
         await progress(0, None, f"starting a {name} kernel")
         generation = self.backend.generation
@@ -471,7 +497,9 @@ class SessionManager:
             id=uuid.uuid4().hex[:12],
             experiment_name=experiment_name,
             kernel_id=conn.kernel_id,
-            kernel_name=self.settings.kernel_name,
+            kernel_name=str(doc.nb.metadata.get("kernelspec", {}).get("name"))
+            if doc.nb.metadata.get("kernelspec")
+            else self.settings.kernel_name,
             conn=conn,
             doc=doc,
             start_seconds=timings,
@@ -503,8 +531,10 @@ class SessionManager:
         experiment_name: str,
         progress: Progress = _no_progress,
         notebook_path: str | None = None,
+        kernel_name: str | None = None,
     ) -> dict[str, Any]:
-        """New kernel and a new notebook named after the experiment.
+        """New kernel (``kernel_name``, default JLABGW_KERNEL_NAME) and a new notebook named
+        after the experiment.
 
         With ``notebook_path`` (CLI ``run --notebook``): append to that notebook if it exists
         (nothing in it is re-run), else create it.
@@ -515,7 +545,7 @@ class SessionManager:
                 self.settings.notebook_dir, notebook_path, must_exist=False
             )
             self._refuse_if_held(path)
-        conn, metadata, timings = await self._take_kernel(progress)
+        conn, metadata, timings = await self._take_kernel(progress, kernel_name)
         try:
             if path is not None and path.exists():
                 doc = NotebookDoc.open(path, self.writer)
@@ -534,13 +564,20 @@ class SessionManager:
         return self._info(self._register(experiment_name, conn, doc, timings))
 
     async def resume(
-        self, experiment_name: str, notebook_path: str, progress: Progress = _no_progress
+        self,
+        experiment_name: str,
+        notebook_path: str,
+        progress: Progress = _no_progress,
+        kernel_name: str | None = None,
     ) -> dict[str, Any]:
-        """New kernel on an existing notebook; re-run its code cells in order, in place."""
+        """New kernel on an existing notebook; re-run its code cells in order, in place.
+
+        The kernel is ``kernel_name``, else the one the notebook names, else the default."""
         path = resolve_notebook_path(self.settings.notebook_dir, notebook_path, must_exist=True)
         self._refuse_if_held(path)
         doc = NotebookDoc.open(path, self.writer)
-        conn, metadata, timings = await self._take_kernel(progress)
+        name = kernel_name or _notebook_kernel(doc.nb)
+        conn, metadata, timings = await self._take_kernel(progress, name)
         with doc.editing() as nb:
             nb.metadata.update(metadata)
         session = self._register(experiment_name, conn, doc, timings)
@@ -564,14 +601,19 @@ class SessionManager:
         return self._info(session, executed_cells=len(code_cells), failed_cells=failed)
 
     async def continue_(
-        self, experiment_name: str, notebook_path: str, progress: Progress = _no_progress
+        self,
+        experiment_name: str,
+        notebook_path: str,
+        progress: Progress = _no_progress,
+        kernel_name: str | None = None,
     ) -> dict[str, Any]:
         """Fork a notebook to a new file with a fresh kernel; nothing is re-run."""
         path = resolve_notebook_path(self.settings.notebook_dir, notebook_path, must_exist=True)
         holder = self._holder_of(path)
         source = holder.doc if holder else NotebookDoc.open(path, self.writer)
         _, nb = source.snapshot()
-        conn, metadata, timings = await self._take_kernel(progress)
+        name = kernel_name or _notebook_kernel(nb)
+        conn, metadata, timings = await self._take_kernel(progress, name)
         try:
             nb.metadata.update(metadata)
             doc = NotebookDoc.create(

@@ -15,6 +15,7 @@ from jlabgw.backends import LocalBackend
 from jlabgw.config import Settings
 from jlabgw.errors import (
     CellIndexError,
+    JlabgwError,
     KernelDiedError,
     KernelNotFoundError,
     PathOutsideNotebookDirError,
@@ -310,6 +311,56 @@ async def test_unknown_kernel_name(tmp_path: Path, shared_backend: LocalBackend)
             await m.start_new("x")
     finally:
         await m.aclose()
+
+
+async def test_another_kernel_spec_by_name_and_resume_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second kernel spec (as an R or Julia kernel would be): listed, chosen per session,
+    recorded in the notebook, and chosen again when that notebook is resumed."""
+    import sys
+
+    spec_dir = tmp_path / "jupyter" / "kernels" / "alt"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Alternative Python",
+                "language": "python",
+            }
+        )
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    settings = make_settings(tmp_path, spare_kernel="false")
+    backend = LocalBackend(settings)
+    m = SessionManager(settings, backend)
+    try:
+        listed = await m.list_kernelspecs()
+        assert listed[0] == {
+            "name": "python3",
+            "display_name": "Python 3 (ipykernel)",
+            "language": "python",
+            "default": True,
+        }
+        assert {"name": "alt", "display_name": "Alternative Python"}.items() <= listed[1].items()
+
+        info = await m.start_new("alt run", kernel_name="alt")
+        out = await m.execute(info["session_id"], "x = 5; x")
+        assert outputs_to_text(out.outputs) == "5\n"
+        assert m.get(info["session_id"]).kernel_name == "alt"
+        await m.shutdown(info["session_id"])
+        nb = on_disk(info["notebook_path"])
+        assert nb.metadata.kernelspec.name == "alt"
+        assert nb.metadata.kernelspec.display_name == "Alternative Python"
+
+        resumed = await m.resume("again", Path(info["notebook_path"]).name)
+        assert m.get(resumed["session_id"]).kernel_name == "alt"
+        with pytest.raises(JlabgwError, match=r"kernel 'ir' is not installed.*list_kernelspecs"):
+            await m.start_new("r", kernel_name="ir")
+    finally:
+        await m.aclose()
+        await backend.aclose()
 
 
 async def test_dead_local_gateway_is_reported_with_how_to_resume(tmp_path: Path) -> None:
