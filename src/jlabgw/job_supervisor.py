@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 PORT_ATTEMPTS = 5
+KERNEL_INFO_TIMEOUT = 15.0
 READY_TIMEOUT = 120.0
 POLL = 0.05
 IDLE_CHECK_EVERY = 10.0
@@ -100,9 +101,14 @@ def gateway_config(
         "ZMQChannelsWebsocketConnection": {"limit_rate": False},
         # GET /api/kernels is refused (403) by default; status, idle checks and reattach use it
         "JupyterWebsocketPersonality": {"list_kernels": True},
+        # A WebSocket opens only once the kernel answers kernel_info, and that request is
+        # shared per kernel: one sent to a kernel that was killed is never answered, and every
+        # connection then waits the whole timeout (60 s by default, more than a client's
+        # open timeout). A live kernel answers in milliseconds.
+        "MappingKernelManager": {"kernel_info_timeout": KERNEL_INFO_TIMEOUT},
     }
     if kernel_idle > 0:
-        config["MappingKernelManager"] = {
+        config["MappingKernelManager"] |= {
             "cull_idle_timeout": kernel_idle,
             "cull_interval": max(10, min(kernel_idle // 4, 300)),
             "cull_connected": False,
