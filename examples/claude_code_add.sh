@@ -1,5 +1,16 @@
 #!/usr/bin/env bash
-# Register jlabgw with Claude Code for this project (writes .claude settings, not .mcp.json).
-# Use --scope user to have it in every project. jlabgw must be on PATH (or give its full path).
+# Register jlabgw with Claude Code.
+#
+# On the cluster's login node (Claude Code running there): the slurm backend with
+# JLABGW_SSH_HOST unset runs sbatch/squeue directly and tunnels to the compute node.
+# On a laptop: set JLABGW_PROFILE (or JLABGW_SSH_HOST) to reach the cluster over SSH.
+#
+# --scope local: this project only, kept out of git (use --scope user for every project, or
+# copy examples/mcp.json to .mcp.json at the repository root to share it with the team).
 set -euo pipefail
-claude mcp add --scope local -e JLABGW_NOTEBOOK_DIR="$PWD/notebooks" jlabgw -- jlabgw serve
+claude mcp add --scope local \
+    -e JLABGW_NOTEBOOK_DIR="$PWD/notebooks" \
+    -e JLABGW_PROFILE="${JLABGW_PROFILE:-cpu}" \
+    jlabgw -- jlabgw serve
+# Long cells: the server answers within JLABGW_EXEC_WAIT (30 s) and sends progress meanwhile,
+# so Claude Code's MCP_TOOL_TIMEOUT need not be raised.

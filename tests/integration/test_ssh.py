@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -365,3 +366,50 @@ def test_passphrase_key_through_ssh_agent(
             agent.wait(timeout=10)
     finally:
         authorized.write_text(original)
+
+
+def test_the_controlmaster_recipe_in_examples_carries_our_connection(
+    tmp_path: Path, sshd: SSHDServer
+) -> None:
+    """examples/ssh/ssh_config.2fa, filled in for the test sshd: once the master is up, our
+    connection goes through it and the login node sees one login (ours, with our key) instead
+    of two; so a cluster's 2FA prompt is answered once, in the terminal, by OpenSSH."""
+    import tempfile
+
+    recipe = (Path(__file__).parents[2] / "examples" / "ssh" / "ssh_config.2fa").read_text()
+    config = tmp_path / "ssh_config"
+    control = Path(tempfile.mkdtemp(prefix="cm", dir="/tmp"))  # socket paths must be short
+    extra = (
+        f"    Port {sshd.port}\n    IdentityFile {sshd.client_key}\n"
+        f"    UserKnownHostsFile {sshd.known_hosts}\n    StrictHostKeyChecking yes\n"
+    )
+    text = (
+        recipe.replace("login.cluster.example.org", sshd.host)
+        .replace("myuser", sshd.user)
+        .replace("~/.ssh/cm-", f"{control}/cm-")
+        .replace("ProxyCommand ssh ", f"ProxyCommand ssh -F {config} ")
+        .replace("    User " + sshd.user + "\n", "    User " + sshd.user + "\n" + extra)
+    )
+    config.write_text(text)
+    master = ["ssh", "-F", str(config), "hpc-master"]
+    settings = make_settings(
+        tmp_path, ssh_host="hpc-login", ssh_config=str(config), known_hosts=str(sshd.known_hosts)
+    )
+
+    def logins() -> int:
+        return sshd.log.read_text().count("Accepted publickey")
+
+    try:
+        subprocess.run([*master[:3], "-fN", master[3]], check=True, timeout=30)
+        subprocess.run([*master[:3], "-O", "check", master[3]], check=True, timeout=30)
+        before = logins()
+        connection = SSHConnection("hpc-login", settings)
+        try:
+            assert connection.spec.proxy_command is not None
+            assert connection.run(["echo", "through the master"]).stdout == "through the master\n"
+        finally:
+            connection.close()
+        assert logins() - before == 1  # paramiko's own; the stream came from the master
+    finally:
+        subprocess.run([*master[:3], "-O", "exit", master[3]], timeout=30, check=False)
+        shutil.rmtree(control, ignore_errors=True)
