@@ -186,7 +186,8 @@ async def trial_kernel_kill(env: dict[str, str], n: int) -> dict:
         died = await call(client, "execute_code", session_id=sid, code=cell(tag))
         await injector
         clear = died.is_error and "kernel died" in text(died)
-        await call(client, "restart_kernel", session_id=sid)
+        restarted = await call(client, "restart_kernel", session_id=sid)
+        clear = clear and not restarted.is_error
         after = await call(client, "execute_code", session_id=sid, code=cell(tag + "b", 0.05))
         ok = clear and not after.is_error
         runs = await runs_of(client, sid, tag + "b")

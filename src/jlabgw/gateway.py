@@ -16,8 +16,8 @@ from .errors import GatewayAuthError, GatewayError, GatewayServerError, KernelNo
 
 __all__ = ["GatewayClient"]
 
-_DELETE_ATTEMPTS = 10
-_DELETE_RETRY_DELAY = 0.2
+_SETTLE_ATTEMPTS = 25  # x 0.2 s: a restart under load can take a few seconds
+_SETTLE_RETRY_DELAY = 0.2
 
 
 class GatewayClient:
@@ -88,23 +88,29 @@ class GatewayClient:
         await self._request("POST", f"/api/kernels/{kernel_id}/interrupt", kernel_id=kernel_id)
 
     async def restart_kernel(self, kernel_id: str) -> dict[str, Any]:
-        data: dict[str, Any] = await self._request(
-            "POST", f"/api/kernels/{kernel_id}/restart", kernel_id=kernel_id
+        data: dict[str, Any] = await self._settled(
+            "POST", f"/api/kernels/{kernel_id}/restart", kernel_id
         )
         return data
 
     async def delete_kernel(self, kernel_id: str) -> None:
-        # A kernel that is being auto-restarted (it just died) cannot be deleted yet: the
-        # gateway answers 500 (InvalidStateError in jupyter_client's shutdown_kernel) until
-        # the restart settles, well within a second. Retry a bounded number of times.
-        for attempt in range(_DELETE_ATTEMPTS):
+        await self._settled("DELETE", f"/api/kernels/{kernel_id}", kernel_id)
+
+    async def _settled(self, method: str, path: str, kernel_id: str) -> Any:
+        """``method path``, retried while the kernel is being auto-restarted.
+
+        A kernel that just died is restarted by the gateway on its own; until that settles
+        (well within a second, a few under load) a restart or delete answers 500
+        (InvalidStateError / "Exception restarting kernel" in jupyter_client). Neither request
+        runs code, so repeating one is safe. Bounded."""
+        for attempt in range(_SETTLE_ATTEMPTS):
             try:
-                await self._request("DELETE", f"/api/kernels/{kernel_id}", kernel_id=kernel_id)
-                return
+                return await self._request(method, path, kernel_id=kernel_id)
             except GatewayServerError:
-                if attempt == _DELETE_ATTEMPTS - 1:
+                if attempt == _SETTLE_ATTEMPTS - 1:
                     raise
-                await asyncio.sleep(_DELETE_RETRY_DELAY)
+                await asyncio.sleep(_SETTLE_RETRY_DELAY)
+        raise AssertionError("unreachable")
 
 
 def _error_reason(resp: httpx.Response) -> str:

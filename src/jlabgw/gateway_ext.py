@@ -12,9 +12,9 @@ two things about the kernel WebSocket:
    far end, an sshd forwarding it, had just died) is gone: a line or two of output, now and
    then, when an SSH connection drops mid-cell. So each message written is also kept, by
    msg_id, in a bounded per-session record; a client reconnecting with ``jlabgw_last=MSG_ID``
-   in the URL first gets what was written after that message, then jupyter_server's own
-   replay. The client drops any message it has seen already (by msg_id), so a message that
-   did arrive and is sent again does no harm.
+   in the URL first gets what was written after that message (marked ``jlabgw_replay``), then
+   jupyter_server's own replay. The client drops a replayed message it has seen already (by
+   msg_id), so one that did arrive and is sent again does no harm.
 """
 
 from __future__ import annotations
@@ -79,19 +79,23 @@ class NoDelayChannelsConnection(ZMQChannelsWebsocketConnection):
                 missed = [text for _, text in recent.items]
             if missed:
                 self.log.info("%s: re-sending %d message(s)", self.session_key, len(missed))
-            for text in missed:
-                self.websocket_handler.write_message(text)
+            for text in missed:  # marked, so the client knows it may have seen it
+                self.websocket_handler.write_message('{"jlabgw_replay": true, ' + text[1:])
         return super().connect()
 
     @property
     def write_message(self) -> Any:  # a property upstream: the handler's own method
         send = self.websocket_handler.write_message
         key = self.session_key
+        # Messages the gateway makes itself (status "restarting" ...) carry the connection's
+        # session id with a counter that starts over on every connection: their ids repeat,
+        # so they are neither kept nor replayed. The kernel's own messages have unique ids.
+        own = key.split(":", 1)[-1] + "_"
 
         def write(message: Any, binary: bool = False) -> Any:
-            if not binary and isinstance(message, str) and key:
+            if not binary and isinstance(message, str) and key and message.startswith("{"):
                 match = _MSG_ID.search(message, 0, 4096)  # the header comes first
-                if match is not None:
+                if match is not None and not match.group(1).startswith(own):
                     _recent.setdefault(key, _Recent()).add(match.group(1), message)
             return send(message, binary=binary)
 

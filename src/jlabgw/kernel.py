@@ -133,6 +133,7 @@ class KernelConnection:
         # (gateway_ext) for what was written after it, which may repeat some of these
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._last_msg_id: str | None = None
+        self._own_prefix = self.session_id + "_"
         self.duplicates = 0
 
     @property
@@ -484,13 +485,19 @@ class KernelConnection:
         raise last or ConnectionLostError("the kernel connection was closed")
 
     def _first_time(self, msg: Message) -> bool:
-        """Record ``msg``'s id; False if it was received before (a replay repeats some)."""
+        """Record ``msg``'s id; False for a replayed message received before.
+
+        Messages the gateway makes itself (status "restarting" ...) carry our session id and
+        a counter that starts over on each connection: their ids repeat, they are never
+        replayed, and they are always delivered."""
         msg_id = (msg.get("header") or {}).get("msg_id") or msg.get("msg_id")
-        if not isinstance(msg_id, str):
+        if not isinstance(msg_id, str) or msg_id.startswith(self._own_prefix):
             return True
         if msg_id in self._seen:
-            self.duplicates += 1
-            return False
+            if msg.get("jlabgw_replay"):
+                self.duplicates += 1
+                return False
+            return True
         self._seen[msg_id] = None
         if len(self._seen) > _SEEN_MAX:
             self._seen.popitem(last=False)

@@ -525,3 +525,18 @@ async def test_kernel_death_is_clear_and_restart_brings_the_session_back(
     manager.writer.flush()
     sources = [c.source for c in on_disk(manager.get(sid).doc.path).cells]
     assert sources == ["x = 1", "import os; os._exit(1)", "'back'", "x"]
+
+
+async def test_restart_right_after_a_kernel_died_waits_for_the_gateway(
+    manager: SessionManager,
+) -> None:
+    """restart_kernel called the moment a kernel died collides with the gateway's own
+    auto-restart (HTTP 500 "Exception restarting kernel", every time here before the fix)."""
+    sid = (await manager.start_new("dies then restart"))["session_id"]
+    for round_ in range(3):
+        await manager.execute(sid, f"x = {round_}")
+        with pytest.raises(KernelDiedError, match="died"):
+            await manager.execute(sid, "import os; os._exit(1)", wait=30)
+        assert "restarted" in await manager.restart(sid)  # at once: no waiting in between
+        after = await manager.execute(sid, "'x' in dir()")
+        assert outputs_to_text(after.outputs) == "False\n"

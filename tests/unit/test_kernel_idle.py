@@ -168,7 +168,7 @@ async def test_repeated_messages_are_dropped_and_a_reopen_names_the_last_one() -
         paths.append(ws.request.path if ws.request else "")
         out = reply_to(req, "iopub", "stream", {"name": "stdout", "text": "once\n"})
         await ws.send(out)
-        await ws.send(out)  # as a replay would
+        await ws.send('{"jlabgw_replay": true, ' + out[1:])  # as a replay would
         await ws.send(
             reply_to(req, "shell", "execute_reply", {"status": "ok", "execution_count": 1})
         )
