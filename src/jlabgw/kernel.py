@@ -128,6 +128,7 @@ class KernelConnection:
         # the kernel's execution count as last seen in a reply (None: unknown)
         self.execution_count: int | None = 0
         self.reopens = 0
+        self._opened = False  # a WebSocket was open once (later opens use the retry schedule)
         self.on_status: Callable[[str], None] | None = None
         # msg_ids already received, and the newest: a reopened WebSocket asks the gateway
         # (gateway_ext) for what was written after it, which may repeat some of these
@@ -156,7 +157,10 @@ class KernelConnection:
                 return
             if self._closed:
                 raise ConnectionLostError("this kernel connection was closed")
-            self._ws = await self._open_ws()
+            # The first time, one try: a wrong endpoint should fail fast. After that (the
+            # connection dropped while idle, a tunnel being re-made), the reopen schedule.
+            self._ws = await (self._reopen() if self._opened else self._open_ws())
+            self._opened = True
             self._reader = asyncio.create_task(self._read_loop(), name=f"ws-{self.kernel_id}")
 
     async def _open_ws(self) -> ClientConnection:
@@ -341,9 +345,10 @@ class KernelConnection:
                         log.info(
                             "kernel %s: sent %s again (it never arrived)", self.kernel_id, msg_id
                         )
-                        continue
                     except websockets.ConnectionClosed:
-                        pass
+                        # dropped again: still unheard of, so the next reopen probes anew
+                        log.info("kernel %s: the connection dropped again", self.kernel_id)
+                    continue
                 what = (
                     "the kernel never received it: it was NOT executed. The kernel and its "
                     "variables are fine; send it again"
@@ -358,6 +363,7 @@ class KernelConnection:
                     "jlabgw cannot tell whether the kernel ran it; check its effects before "
                     "running it again"
                 )
+            log.warning("kernel %s: request %s: %s", self.kernel_id, msg_id, what)
             pending.done.set_exception(
                 ConnectionLostError(
                     f"the connection to kernel {self.kernel_id} broke as this was sent: {what}"
