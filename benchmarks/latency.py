@@ -8,11 +8,17 @@
              same transport and client: what (c) would cost with no sessions or notebook
 (t) tunnel:  with --tunnel, (b) through jlabgw's SSH forwarder and a real OpenSSH sshd on
              127.0.0.1 (the test suite's: needs root and tests/cluster/setup-system.sh)
+(s) slurm:   with --slurm, (c) with the SLURM backend: sbatch over SSH as the test user, the
+             gateway in the job, the kernel reached through the tunnel (root, as for (t))
+
+--plot FILE writes a bar chart (PNG) of the medians with p90 whiskers; README embeds
+benchmarks/latency.png.
 
 The three paths are set up together and timed round-robin (one call each per round), so a
 change in the machine's load affects all of them alike. Prints median and p90 per path and the
 ratio of each median to the floor's.
-Usage: python benchmarks/latency.py [--n 300] [--warmup 30] [--tunnel] [--json]
+Usage: python benchmarks/latency.py [--n 300] [--warmup 30] [--tunnel] [--slurm] [--json]
+                                   [--plot benchmarks/latency.png]
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 CODE = "1+1"
 REPO = Path(__file__).resolve().parent.parent  # for tests.sshd (the --tunnel path)
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def summarize(samples: list[float]) -> dict[str, float]:
@@ -76,11 +83,14 @@ async def gateway_path(workdir: Path) -> AsyncIterator[Callable[[], Awaitable[No
 
 
 @contextlib.asynccontextmanager
-async def mcp_path(workdir: Path) -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """(c) execute_code over MCP stdio, initialize handshake (as Claude Desktop/Code)."""
+async def mcp_path(
+    workdir: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """(c) execute_code over MCP stdio, initialize handshake (as Claude Desktop/Code); with
+    ``env``, a server configured by it instead (the SLURM backend, for (s))."""
     from mcp import Client, StdioServerParameters
 
-    env = {
+    env = env or {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", ""),
         "JLABGW_STATE_DIR": str(workdir / "state-mcp"),
@@ -165,9 +175,22 @@ async def tunnel_path(workdir: Path) -> AsyncIterator[Callable[[], Awaitable[Non
         sshd.stop()
 
 
-async def measure(n: int, warmup: int, workdir: Path, tunnel: bool) -> dict[str, list[float]]:
+@contextlib.asynccontextmanager
+async def slurm_path(workdir: Path) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """(s) execute_code over MCP stdio with the SLURM backend, through the tunnel."""
+    import coldstart  # benchmarks/ is on sys.path (see the top of this file)
+
+    with coldstart.cluster(workdir) as (slurm, sshd):
+        env = coldstart.server_env(workdir, sshd, slurm, "ssh")
+        async with mcp_path(workdir, env) as once:
+            yield once
+
+
+async def measure(
+    n: int, warmup: int, workdir: Path, tunnel: bool, slurm: bool = False
+) -> dict[str, list[float]]:
     """All paths set up at once and timed round-robin, so they share the machine's state."""
-    names = [*PATHS, TUNNEL] if tunnel else list(PATHS)
+    names = list(PATHS) + ([TUNNEL] if tunnel else []) + ([SLURM] if slurm else [])
     samples: dict[str, list[float]] = {name: [] for name in names}
     with Floor() as floor:
         async with contextlib.AsyncExitStack() as stack:
@@ -179,6 +202,8 @@ async def measure(n: int, warmup: int, workdir: Path, tunnel: bool) -> dict[str,
             ]
             if tunnel:
                 runners.append(await stack.enter_async_context(tunnel_path(workdir)))
+            if slurm:
+                runners.append(await stack.enter_async_context(slurm_path(workdir)))
             paths = dict(zip(names, runners, strict=True))
             for i in range(warmup + n):
                 for name, once in paths.items():
@@ -197,6 +222,31 @@ PATHS = (
     "reference: bare fastmcp tool -> gateway",
 )
 TUNNEL = "gateway client through the SSH forwarder (sshd)"
+SLURM = "execute_code over MCP stdio, SLURM backend + SSH tunnel"
+
+
+def plot(results: dict[str, dict[str, float]], path: Path) -> None:
+    """Bar chart of the medians, p90 as whiskers, ratio to the floor on each bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    medians = [results[k]["median_ms"] for k in names]
+    p90 = [results[k]["p90_ms"] - results[k]["median_ms"] for k in names]
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 1.2), dpi=120)
+    colors = ["#888888" if i == 0 else "#3b75af" for i in range(len(names))]
+    ax.barh(names, medians, xerr=[[0] * len(names), p90], color=colors, capsize=3)
+    for i, (median, name) in enumerate(zip(medians, names, strict=True)):
+        ratio = results[name]["ratio_to_floor"]
+        ax.text(median + max(medians) * 0.02, i, f"{median:.1f} ms ({ratio:.2f}x)", va="center")
+    ax.invert_yaxis()
+    ax.set_xlabel("1+1 round trip, median ms (whisker: p90)")
+    ax.set_xlim(0, max(m + q for m, q in zip(medians, p90, strict=True)) * 1.35)
+    ax.set_title("jlabgw latency against the floor (jupyter_client -> ipykernel)")
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def main() -> int:
@@ -207,14 +257,20 @@ def main() -> int:
     parser.add_argument(
         "--tunnel", action="store_true", help="add path (t): through SSH (root + test sshd)"
     )
+    parser.add_argument(
+        "--slurm", action="store_true", help="add path (s): SLURM backend (root + test cluster)"
+    )
+    parser.add_argument("--plot", type=Path, help="write a PNG bar chart here")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="jlabgw-bench-") as tmp:
-        samples = asyncio.run(measure(args.n, args.warmup, Path(tmp), args.tunnel))
+        samples = asyncio.run(measure(args.n, args.warmup, Path(tmp), args.tunnel, args.slurm))
     results = {name: summarize(values) for name, values in samples.items()}
     floor = next(iter(results.values()))["median_ms"]
     for row in results.values():
         row["ratio_to_floor"] = row["median_ms"] / floor
+    if args.plot:
+        plot(results, args.plot)
     if args.json:
         print(json.dumps(results, indent=1))
         return 0

@@ -394,7 +394,10 @@ _READ_CONFIG_CMD = (
 
 def _print_access(url: str, token_file: str | None) -> None:
     print(f"gateway: {url}", flush=True)
-    if token_file:
+    if token_file and " on " in token_file:  # a batch job's connection file, on the cluster
+        print(f"token:   the 'token' field of {token_file} (mode 0600)")
+        print(f"try:     curl -sS -H 'Authorization: token TOKEN' {url}/api/kernelspecs")
+    elif token_file:
         token = f"$({_READ_CONFIG_CMD}{token_file})"
         print(
             f"token:   in {token_file} (mode 0600); print it with: {_READ_CONFIG_CMD}{token_file}"
@@ -434,12 +437,17 @@ def _tunnel(settings: Settings, remote: str | None) -> int:
 
 
 async def _tunnel_local(settings: Settings) -> int:
-    from .backends import LocalBackend
+    """No server running: start the configured backend's gateway (a local process, or a batch
+    job and its tunnel), showing progress (the queue's pending reason) while it comes up."""
+    from .backends import create_backend
 
-    backend = LocalBackend(settings)
+    backend = create_backend(settings)
+    spinner = _Spinner()
     try:
-        endpoint = await backend.start()
-        print("started a gateway (no jlabgw server was running)")
+        async with spinner.running(), backend.watching(spinner.update):
+            await spinner.update(0, None, f"starting the {backend.name} gateway")
+            endpoint = await backend.start()
+        print(f"started a {backend.name} gateway (no jlabgw server was running)")
         _print_access(endpoint.url, backend.describe()["gateway"]["token_file"])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -529,3 +529,124 @@ async def test_a_gateway_killed_in_the_job_is_restarted_there_and_reported(
     # the failed call's cell is kept (with no output) and replayed by the resume
     assert [c.source for c in cells][-1] == "x + 1"
     assert cells[-1].execution_count is not None
+
+
+def test_tunnel_command_starts_a_job_shows_progress_and_forwards(
+    tmp_path: Path, slurm: SlurmCluster, sshd: SSHDServer
+) -> None:
+    """`jlabgw tunnel` with the slurm backend and no server running: submits the job, prints
+    its progress on stderr, then the forwarded URL (never the token); a request with the token
+    from the job's connection file works through it; Ctrl-C cancels the job."""
+    import time
+    import urllib.request
+
+    from tests.conftest import PYTHON
+
+    env = server_env(tmp_path, **slurm_env(tmp_path, slurm, sshd, JLABGW_JOB_NAME="jlabgw-tun"))
+    with subprocess.Popen(
+        [PYTHON, "-m", "jlabgw", "tunnel"],
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "tunnel.err").open("w"),
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    ) as proc:
+        try:
+            lines: list[str] = []
+            deadline = time.monotonic() + 120
+            assert proc.stdout is not None
+            while time.monotonic() < deadline and not any("Ctrl-C" in x for x in lines):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+            printed = "".join(lines)
+            assert "started a slurm gateway" in printed, printed
+            url = printed.split("gateway: ", 1)[1].split()[0]
+            assert url.startswith("http://127.0.0.1:")
+            job = subprocess.run(
+                ["squeue", "-h", "-n", "jlabgw-tun", "-o", "%i"],
+                capture_output=True,
+                text=True,
+                env=slurm.env,
+                timeout=10,
+            ).stdout.strip()
+            conn_file = tmp_path / "home" / ".jlabgw" / "connections" / f"jlabgw-{job}.json"
+            assert f"'token' field of {conn_file}" in printed
+            token = json.loads(conn_file.read_text())["token"]
+            assert token not in printed
+            request = urllib.request.Request(
+                f"{url}/api/kernelspecs", headers={"Authorization": f"token {token}"}
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert "python3" in json.loads(response.read())["kernelspecs"]
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    progress = (tmp_path / "tunnel.err").read_text()
+    assert "jlabgw: starting the slurm gateway" in progress
+    assert f"job {job} running; waiting for its gateway" in progress
+    assert token not in progress
+    assert wait_until(lambda: squeue(slurm, job) == "", timeout=60)  # cancelled on exit
+
+
+def doctor(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    from tests.conftest import PYTHON
+
+    return subprocess.run(
+        [PYTHON, "-m", "jlabgw", "doctor"],
+        capture_output=True,
+        text=True,
+        env=server_env(tmp_path, **env),
+        timeout=300,
+        cwd=tmp_path,
+    )
+
+
+def marks(output: str) -> dict[str, str]:
+    """check name -> its mark, from doctor's report."""
+    found = {}
+    for line in output.splitlines():
+        if line[:1] in "✓✗!–" and line[1:2] == " ":
+            found[line[2:].split("  ")[0].strip()] = line[0]
+    return found
+
+
+def test_doctor_on_a_working_cluster_setup(tmp_path: Path, login_node: SSHDServer) -> None:
+    if not (JOB_VENV / "bin" / "python").exists():
+        pytest.skip(f"no job Python at {JOB_VENV} (run tests/cluster/setup-system.sh)")
+    done = doctor(tmp_path, login_env(tmp_path, login_node))
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = marks(done.stdout)
+    for name in ("config", "batch script", "ssh login", "slurm commands", "connection dir"):
+        assert found[name] == "✓", done.stdout
+    assert found["remote python"] == "✓", done.stdout
+    assert f"{JOB_VENV}/bin/python" in done.stdout
+    assert "host key matches" in done.stdout
+    assert "slurm-wlm" in done.stdout or "slurm " in done.stdout  # sbatch --version
+    assert done.stdout.splitlines()[-1] == "all checks passed"
+
+
+def test_doctor_explains_a_broken_cluster_setup(tmp_path: Path, login_node: SSHDServer) -> None:
+    # an unknown host key: refused, with the line that adds it after checking
+    empty = tmp_path / "empty_known_hosts"
+    empty.touch()
+    done = doctor(tmp_path, login_env(tmp_path, login_node, JLABGW_KNOWN_HOSTS=str(empty)))
+    assert done.returncode == 1
+    found = marks(done.stdout)
+    assert found["ssh login"] == "✗"
+    assert "ssh-keyscan" in done.stdout
+    assert "SHA256:" in done.stdout
+    for dependent in ("slurm commands", "connection dir", "remote python"):
+        assert found[dependent] == "–"
+    # a set-up that gives a Python without Kernel Gateway (the system one, here)
+    plain = login_env(tmp_path, login_node, JLABGW_REMOTE_SETUP="export PATH=/usr/bin:/bin")
+    done = doctor(tmp_path, plain)
+    assert done.returncode == 1
+    found = marks(done.stdout)
+    assert (found["ssh login"], found["slurm commands"]) == ("✓", "✓"), done.stdout
+    assert found["remote python"] == "✗"
+    assert "lacks kernel_gateway, ipykernel" in done.stdout
+    assert "fix: set JLABGW_REMOTE_SETUP" in done.stdout
