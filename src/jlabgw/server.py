@@ -46,6 +46,12 @@ Long cells: execute_code returns after about 30 s with the output so far and an 
 while the cell keeps running; call get_execution to receive the rest (it waits for more), and
 interrupt_kernel to stop it. A session runs one cell at a time; different sessions run in
 parallel. Long outputs are shortened in results (the middle is cut); the notebook keeps all.
+
+Other languages: list_kernelspecs shows the kernels available (R, Julia ...); pass one as
+kernel_name to start_new_session. When an error says a session's kernel is gone (the batch job
+ended, the kernel was culled or died), it names the notebook: start_session_resume_notebook
+with that notebook_path rebuilds the state. Errors say what to do next; follow them rather
+than retrying the same call.
 """
 
 _SHUTDOWN_TIMEOUT = 30.0
