@@ -17,6 +17,7 @@ import contextlib
 import secrets
 import stat as stat_module
 import subprocess
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -126,6 +127,11 @@ class SSHHost(Host):
         self.where = connection.spec.label
         self._sftp: paramiko.SFTPClient | None = None
         self._sftp_transport: paramiko.Transport | None = None
+        # One SFTP request at a time: paramiko's SFTPClient is not safe for concurrent
+        # requests from several threads (one thread can read another's response, and the
+        # other then waits forever); the backend checks files from several worker threads.
+        self._sftp_lock = threading.Lock()
+        self._sftp_timeout = max(30.0, 2 * connection.settings.ssh_timeout)
 
     def run(
         self,
@@ -141,9 +147,14 @@ class SSHHost(Host):
             raise CommandError(list(argv), -1, "", str(exc), self.where) from exc
 
     def _client(self) -> paramiko.SFTPClient:
+        """The SFTP client (call with ``_sftp_lock`` held)."""
         transport = self.connection.transport  # reconnects if needed
         if self._sftp is None or self._sftp_transport is not transport:
             self._sftp = self.connection.sftp()
+            # a request on a connection that went silent fails instead of hanging forever
+            channel = self._sftp.get_channel()
+            if channel is not None:
+                channel.settimeout(self._sftp_timeout)
             self._sftp_transport = transport
         return self._sftp
 
@@ -153,7 +164,7 @@ class SSHHost(Host):
 
     def read_bytes(self, path: str) -> bytes:
         try:
-            with self._client().open(self._path(path), "rb") as fh:
+            with self._sftp_lock, self._client().open(self._path(path), "rb") as fh:
                 return fh.read()
         except FileNotFoundError:
             raise
@@ -161,6 +172,10 @@ class SSHHost(Host):
             raise SSHError(f"cannot read {path} on {self.where}: {exc}") from exc
 
     def write_bytes(self, path: str, data: bytes, mode: int = 0o600) -> None:
+        with self._sftp_lock:
+            self._write_bytes(path, data, mode)
+
+    def _write_bytes(self, path: str, data: bytes, mode: int) -> None:
         sftp = self._client()
         target = PurePosixPath(self._path(path))
         tmp = str(target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp"))
@@ -176,7 +191,8 @@ class SSHHost(Host):
 
     def stat(self, path: str) -> FileStat | None:
         try:
-            st = self._client().stat(self._path(path))
+            with self._sftp_lock:
+                st = self._client().stat(self._path(path))
         except FileNotFoundError:
             return None
         except (OSError, paramiko.SSHException) as exc:
@@ -186,7 +202,7 @@ class SSHHost(Host):
     def close(self) -> None:
         if self._sftp is not None:
             with contextlib.suppress(OSError, paramiko.SSHException):
-                self._sftp.close()
+                self._sftp.close()  # not under the lock: it also ends a request stuck on it
         self._sftp = None
         self.connection.close()
 

@@ -413,3 +413,28 @@ def test_the_controlmaster_recipe_in_examples_carries_our_connection(
     finally:
         subprocess.run([*master[:3], "-O", "exit", master[3]], timeout=30, check=False)
         shutil.rmtree(control, ignore_errors=True)
+
+
+def test_sftp_from_many_threads_at_once(tmp_path: Path, conn: SSHConnection) -> None:
+    """The SLURM backend reads connection files from several worker threads at once (a lost
+    gateway is checked by every session on it). paramiko's SFTP client mixes up concurrent
+    requests and one of them then waits forever; SSHHost serialises them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    remote = SSHHost(conn)
+    paths = [f"jlabgw-test-threads-{i}.json" for i in range(4)]
+    for i, path in enumerate(paths):
+        remote.write_bytes(path, f'{{"n": {i}}}'.encode())
+
+    def work(n: int) -> bool:
+        for k in range(15):
+            path = paths[(n + k) % len(paths)]
+            assert remote.read_bytes(path) == f'{{"n": {(n + k) % len(paths)}}}'.encode()
+            assert remote.stat(path) is not None
+        return True
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(work, n) for n in range(8)]
+        assert all(f.result(timeout=120) for f in futures)
+    for path in paths:
+        remote.run(["rm", "-f", path])
