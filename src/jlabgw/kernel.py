@@ -148,6 +148,17 @@ class KernelConnection:
         return url
 
     @property
+    def restarting(self) -> bool:
+        """The kernel died and the gateway is restarting it (we have not caught up yet)."""
+        return self._stale
+
+    async def settle(self) -> None:
+        """Wait until a kernel the gateway is auto-restarting answers again (bounded)."""
+        if self._stale:
+            self._stale = False
+            await self.reset(ConnectionLostError("the kernel restarted"))
+
+    @property
     def connected(self) -> bool:
         return self._ws is not None and self._reader is not None and not self._reader.done()
 
@@ -265,9 +276,7 @@ class KernelConnection:
 
         ``on_sent`` gets the request's msg_id once it is on the wire (a restarted server can
         then adopt the request: see :meth:`adopt`)."""
-        if self._stale:
-            self._stale = False
-            await self.reset(ConnectionLostError("the kernel restarted"))
+        await self.settle()
         await self.connect()
         ws = self._ws
         if ws is None:  # dropped between connecting and now

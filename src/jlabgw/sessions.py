@@ -101,6 +101,7 @@ def _notebook_kernel(nb: Any) -> str | None:
 
 _Started = tuple[KernelConnection, dict[str, Any], dict[str, float]]
 _SPARE_CHECK_TIMEOUT = 10.0
+_SETTLE_TIMEOUT = 60.0  # for a kernel the gateway is auto-restarting to answer again
 _DISCARD_TIMEOUT = 10.0
 _ADOPT_CHECK = 3.0  # seconds between checks that an adopted cell still runs
 _MAX_CODE_BYTES = 9 * 2**20  # the gateway drops a WebSocket on messages over 10 MiB
@@ -873,6 +874,13 @@ class SessionManager:
 
     async def restart(self, session_id: str) -> str:
         session = self.get(session_id)
+        if session.conn.restarting:
+            # The kernel just died and the gateway is restarting it. A REST restart on top of
+            # that collides with it (HTTP 500) and can leave the kernel without its restarter,
+            # so a later death goes unnoticed: let the automatic restart finish first.
+            with contextlib.suppress(JlabgwError, TimeoutError):
+                async with asyncio.timeout(_SETTLE_TIMEOUT):
+                    await session.conn.settle()
         await (await self.gateway()).restart_kernel(session.kernel_id)
         await session.conn.reset(
             KernelDiedError(
