@@ -209,6 +209,7 @@ async def trial_job_cancel(env: dict[str, str], slurm: Any, n: int) -> dict:
         await asyncio.to_thread(
             subprocess.run, ["scancel", job], env=slurm.env, check=True, timeout=30
         )
+        await asyncio.to_thread(gone, slurm, job)  # a job ending still answers for a moment
         t0 = time.monotonic()
         lost = await call(client, "execute_code", session_id=sid, code="1")
         clear = lost.is_error and "no longer running" in text(lost)
@@ -263,6 +264,22 @@ async def trial_gateway_kill(env: dict[str, str], sshd: Any, n: int) -> dict:
         "rerun": max(0, runs - 1),
         "detected_s": seconds,
     }
+
+
+def gone(slurm: Any, job: str, timeout: float = 60) -> None:
+    """Wait (bounded) until squeue no longer lists ``job``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%T"],
+            capture_output=True,
+            text=True,
+            env=slurm.env,
+            timeout=30,
+        )
+        if not listed.stdout.strip():
+            return
+        time.sleep(0.2)
 
 
 KINDS = ("ssh-drop-idle", "ssh-drop-running", "sshd-restart", "server-kill", "kernel-kill")

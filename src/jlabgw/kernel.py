@@ -147,6 +147,12 @@ class KernelConnection:
             url += f"&jlabgw_last={urllib.parse.quote(self._last_msg_id, safe='')}"
         return url
 
+    def resume_after(self, msg_id: str | None) -> None:
+        """Before the first connect: ask the gateway for what it sent after ``msg_id`` (to a
+        connection with this session id that may have swallowed it: a server that died)."""
+        if msg_id:
+            self._last_msg_id = msg_id
+
     @property
     def restarting(self) -> bool:
         """The kernel died and the gateway is restarting it (we have not caught up yet)."""

@@ -38,7 +38,13 @@ class DisplayIndex:
 
 
 class OutputRecorder:
-    """Receives one execution's IOPub messages and keeps its cell's outputs up to date."""
+    """Receives one execution's IOPub messages and keeps its cell's outputs up to date.
+
+    While the cell runs, its metadata names the last message applied to it
+    (``metadata.jlabgw.last_msg_id``), written to disk with the outputs it covers: a server
+    that takes the cell over after a crash asks the gateway for what came after that message
+    (see ``gateway_ext``), so output the dead server received but never wrote is not lost.
+    :func:`finish_cell` removes it once the cell is done."""
 
     def __init__(self, doc: NotebookDoc, cell: NotebookNode, displays: DisplayIndex) -> None:
         self.doc = doc
@@ -56,19 +62,23 @@ class OutputRecorder:
             else:
                 with self.doc.editing(self.cell):
                     self.cell.outputs.clear()
+                    self._mark(msg)
             return
         if msg_type == "update_display_data":
             display_id = (content.get("transient") or {}).get("display_id")
             targets = self.displays.get(display_id) if display_id else []
             if targets:
-                with self.doc.editing(*{id(cell): cell for cell, _ in targets}.values()):
+                cells = {id(cell): cell for cell, _ in [*targets, (self.cell, None)]}
+                with self.doc.editing(*cells.values()):
                     for _, output in targets:
                         output["data"] = _output_from_msg(_as_display(msg))["data"]
                         output["metadata"] = content.get("metadata", {})
+                    self._mark(msg)
             return
         if msg_type not in _OUTPUT_TYPES:
             return  # execute_input, status, comm_* … are not outputs
         with self.doc.editing(self.cell):
+            self._mark(msg)
             if self._clear_pending:
                 self.cell.outputs.clear()
                 self._clear_pending = False
@@ -91,6 +101,24 @@ class OutputRecorder:
             text = content.get("text", "")[-4096:].rstrip("\n")
             if text:
                 self.last_line = text.rsplit("\n", 1)[-1]
+
+    def _mark(self, msg: Message) -> None:
+        msg_id = (msg.get("header") or {}).get("msg_id")
+        if msg_id:
+            self.cell.metadata["jlabgw"] = {"last_msg_id": msg_id}
+
+
+def resume_point(cell: NotebookNode) -> str | None:
+    """The last message a running cell's outputs on disk include (see OutputRecorder)."""
+    mark = cell.get("metadata", {}).get("jlabgw") or {}
+    value = mark.get("last_msg_id") if isinstance(mark, dict) else None
+    return str(value) if value else None
+
+
+def finish_cell(cell: NotebookNode, execution_count: Any) -> None:
+    """Set a finished cell's execution count and drop its running mark (call while editing)."""
+    cell.execution_count = execution_count
+    cell.metadata.pop("jlabgw", None)
 
 
 _BIG = 4096  # characters; longer strings are swapped out while nbformat validates

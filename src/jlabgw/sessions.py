@@ -43,7 +43,7 @@ from .executions import Execution, ExecutionResult
 from .gateway import GatewayClient
 from .kernel import KernelConnection, Message
 from .notebook import NotebookDoc, NotebookWriter
-from .outputs import DisplayIndex, OutputRecorder
+from .outputs import DisplayIndex, OutputRecorder, finish_cell, resume_point
 from .paths import experiment_filename, resolve_notebook_path
 from .registry import SessionRegistry
 
@@ -256,6 +256,9 @@ class SessionManager:
             execution.id = str(running.get("execution_id") or execution.id)
             execution.msg_id = str(running["msg_id"])
             cell = doc.nb.cells[index]
+            # what the dead server wrote of the cell ends at this message: the gateway
+            # re-sends what came after it, which that server may have received but not written
+            conn.resume_after(resume_point(cell))
             execution.begin(cell, index, OutputRecorder(doc, cell, session.displays))
             execution.task = asyncio.create_task(self._adopted(session, execution))
             execution.task.add_done_callback(_consume_outcome)
@@ -282,7 +285,7 @@ class SessionManager:
                 adopted.cancel()
             content: dict[str, Any] = reply.get("content", {})
             with session.doc.editing(execution.cell):
-                execution.cell.execution_count = content.get("execution_count")
+                finish_cell(execution.cell, content.get("execution_count"))
             self._save_registry()
             return content
 
@@ -810,7 +813,7 @@ class SessionManager:
                     if code is not None:
                         cell.source = code
                     cell.outputs = []
-                    cell.execution_count = None
+                    finish_cell(cell, None)  # no count, and no mark of an earlier run
             recorder = OutputRecorder(doc, cell, session.displays)
             execution.begin(cell, index, recorder)
             session.executions += 1
@@ -836,7 +839,7 @@ class SessionManager:
                 self._save_registry()
             content: dict[str, Any] = reply.get("content", {})
             with doc.editing(cell):
-                cell.execution_count = content.get("execution_count")
+                finish_cell(cell, content.get("execution_count"))
             return content
 
     def _on_timeout(self, session: Session, execution: Execution) -> None:

@@ -10,6 +10,7 @@ import pwd
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -435,8 +436,11 @@ async def test_a_killed_server_is_replaced_and_takes_its_sessions_back(
     import anyio
 
     env = slurm_env(tmp_path, slurm, sshd, JLABGW_JOB_NAME="jlabgw-reattach", JLABGW_EXEC_WAIT="1")
+    # a line every 0.1 s: when the server dies, it has always received lines it has not yet
+    # written (writes coalesce for 0.25 s); the next server must recover those too
     code = (
-        "import time\nfor i in range(10):\n    print(f'tick {i}', flush=True)\n    time.sleep(1)\n"
+        "import time\nfor i in range(60):\n    print(f'tick {i}', flush=True)\n"
+        "    time.sleep(0.1)\n"
     )
     first_log = (tmp_path / "server1.log").open("w")
     async with serve(tmp_path, first_log, **env) as client:
@@ -455,9 +459,11 @@ async def test_a_killed_server_is_replaced_and_takes_its_sessions_back(
                 return f"tick {n}\n" in cell.outputs[0].text
             return False
 
-        # kill right after tick 3 is on disk: nothing is then held only in the dead
-        # server's memory (the next tick comes ~1 s later; writes coalesce for 0.25 s)
-        assert wait_until(lambda: written(3), timeout=30)
+        assert wait_until(lambda: written(10), timeout=30)
+        # frozen first: for a second the gateway goes on sending lines into the connection,
+        # which the server never reads (a laptop that sleeps, a hung client); then killed
+        os.kill(state["server_pid"], signal.SIGSTOP)
+        time.sleep(1.0)
         os.kill(state["server_pid"], signal.SIGKILL)
         with anyio.move_on_after(5):
             with contextlib.suppress(Exception):
@@ -475,8 +481,9 @@ async def test_a_killed_server_is_replaced_and_takes_its_sessions_back(
             assert text_of(again) == "42\n"  # the kernel's state survived
             assert (await status(client))["job"]["id"] == job
     cells = nbformat.read(notebook, as_version=4).cells
-    assert cells[1].outputs[0].text == "".join(f"tick {i}\n" for i in range(10))
+    assert cells[1].outputs[0].text == "".join(f"tick {i}\n" for i in range(60))
     assert [c.execution_count for c in cells] == [1, 2, 3]  # nothing ran twice
+    assert all("jlabgw" not in c.metadata for c in cells)  # the running marks are gone
     assert "took back session" in (tmp_path / "server2.log").read_text()
 
 
