@@ -37,6 +37,7 @@ TOOLS = {
     "edit_cell",
     "add_markdown",
     "shutdown_session",
+    "list_kernelspecs",
     "list_sessions",
     "interrupt_kernel",
     "restart_kernel",
@@ -97,6 +98,11 @@ async def test_full_session_over_stdio(tmp_path: Path) -> None:
                 assert tool.description
                 for name, prop in tool.input_schema.get("properties", {}).items():
                     assert prop.get("description"), f"{tool.name}.{name} has no description"
+
+            specs = await client.call_tool("list_kernelspecs", {})
+            assert not specs.is_error
+            default = specs.structured_content["result"][0]
+            assert (default["name"], default["default"]) == ("python3", True)
 
             started = await client.call_tool("start_new_session", {"experiment_name": "demo"})
             assert not started.is_error
