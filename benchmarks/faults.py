@@ -199,6 +199,30 @@ async def trial_kernel_kill(env: dict[str, str], n: int) -> dict:
     }
 
 
+async def lost_then_resumed(
+    client: Any, sid: str, tag: str, notebook: str, expected: str
+) -> tuple[bool, float, int]:
+    """After the fault: the next call must fail saying ``expected``; then resume the notebook
+    on a new kernel. Returns (both went as documented, seconds to the error, runs of ``tag``
+    in the new kernel)."""
+    t0 = time.monotonic()
+    lost = await call(client, "execute_code", session_id=sid, code="1")
+    seconds = time.monotonic() - t0
+    clear = lost.is_error and expected in text(lost)
+    resumed = await call(
+        client,
+        "start_session_resume_notebook",
+        experiment_name=tag,
+        notebook_path=Path(notebook).name,
+    )
+    ok = clear and not resumed.is_error
+    new_sid = resumed.structured_content["session_id"] if ok else None
+    runs = await runs_of(client, new_sid, tag) if new_sid else 0
+    if new_sid:
+        await call(client, "shutdown_session", session_id=new_sid)
+    return ok, seconds, runs
+
+
 async def trial_job_cancel(env: dict[str, str], slurm: Any, n: int) -> dict:
     tag = f"job-cancel-{n}"
     async with server(env) as client:
@@ -210,21 +234,7 @@ async def trial_job_cancel(env: dict[str, str], slurm: Any, n: int) -> dict:
             subprocess.run, ["scancel", job], env=slurm.env, check=True, timeout=30
         )
         await asyncio.to_thread(gone, slurm, job)  # a job ending still answers for a moment
-        t0 = time.monotonic()
-        lost = await call(client, "execute_code", session_id=sid, code="1")
-        clear = lost.is_error and "no longer running" in text(lost)
-        seconds = time.monotonic() - t0
-        resumed = await call(
-            client,
-            "start_session_resume_notebook",
-            experiment_name=tag,
-            notebook_path=Path(notebook).name,
-        )
-        ok = clear and not resumed.is_error
-        new_sid = resumed.structured_content["session_id"] if ok else None
-        runs = await runs_of(client, new_sid, tag) if new_sid else 0
-        if new_sid:
-            await call(client, "shutdown_session", session_id=new_sid)
+        ok, seconds, runs = await lost_then_resumed(client, sid, tag, notebook, "no longer running")
     # the resumed notebook re-ran the cell once on the new job: _runs has it once there
     return {"survived": ok, "lost": 0, "rerun": max(0, runs - 1), "detected_s": seconds}
 
@@ -241,22 +251,10 @@ async def trial_gateway_kill(env: dict[str, str], sshd: Any, n: int) -> dict:
         home = Path(pwd.getpwnam(sshd.user).pw_dir)
         info = json.loads((home / ".jlabgw" / "connections" / f"jlabgw-{job}.json").read_text())
         os.kill(int(info["gateway_pid"]), signal.SIGKILL)
-        t0 = time.monotonic()
-        lost = await call(client, "execute_code", session_id=sid, code="1")
-        clear = lost.is_error and "started a new gateway" in text(lost)
-        seconds = time.monotonic() - t0
-        resumed = await call(
-            client,
-            "start_session_resume_notebook",
-            experiment_name=tag,
-            notebook_path=Path(notebook).name,
+        ok, seconds, runs = await lost_then_resumed(
+            client, sid, tag, notebook, "started a new gateway"
         )
-        ok = clear and not resumed.is_error
-        new_sid = resumed.structured_content["session_id"] if ok else None
         same_job = (await status(client))["job"]["id"] == job
-        runs = await runs_of(client, new_sid, tag) if new_sid else 0
-        if new_sid:
-            await call(client, "shutdown_session", session_id=new_sid)
     seen = notebook_text(notebook, 0)
     return {
         "survived": ok and same_job,
