@@ -371,7 +371,8 @@ class SSHConnection:
             time.sleep(delay)
             try:
                 chain = self._open_chain(self.spec)
-                _prime(chain[-1])
+                for client in chain:  # every hop: a jump host's sshd relays our packets too
+                    _prime(client)
                 log.info("SSH connected to %s", self.spec.label)
                 return chain
             except SSHConnectError as exc:  # host keys and auth do not get better by retrying

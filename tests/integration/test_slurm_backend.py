@@ -550,14 +550,17 @@ def test_tunnel_command_starts_a_job_shows_progress_and_forwards(
     from tests.conftest import PYTHON
 
     env = server_env(tmp_path, **slurm_env(tmp_path, slurm, sshd, JLABGW_JOB_NAME="jlabgw-tun"))
-    with subprocess.Popen(
-        [PYTHON, "-m", "jlabgw", "tunnel"],
-        stdout=subprocess.PIPE,
-        stderr=(tmp_path / "tunnel.err").open("w"),
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    ) as proc:
+    with (
+        (tmp_path / "tunnel.err").open("w") as err,
+        subprocess.Popen(
+            [PYTHON, "-m", "jlabgw", "tunnel"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        ) as proc,
+    ):
         try:
             lines: list[str] = []
             deadline = time.monotonic() + 120
