@@ -226,7 +226,7 @@ SLURM = "execute_code over MCP stdio, SLURM backend + SSH tunnel"
 
 
 def plot(results: dict[str, dict[str, float]], path: Path) -> None:
-    """Bar chart of the medians, p90 as whiskers, ratio to the floor on each bar."""
+    """Bar chart of the medians, p90 as whiskers, ratio to the floor after each bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,17 +234,19 @@ def plot(results: dict[str, dict[str, float]], path: Path) -> None:
 
     names = list(results)
     medians = [results[k]["median_ms"] for k in names]
-    p90 = [results[k]["p90_ms"] - results[k]["median_ms"] for k in names]
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 1.2), dpi=120)
+    p90 = [results[k]["p90_ms"] for k in names]
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(names) + 1.4), dpi=120)
     colors = ["#888888" if i == 0 else "#3b75af" for i in range(len(names))]
-    ax.barh(names, medians, xerr=[[0] * len(names), p90], color=colors, capsize=3)
-    for i, (median, name) in enumerate(zip(medians, names, strict=True)):
-        ratio = results[name]["ratio_to_floor"]
-        ax.text(median + max(medians) * 0.02, i, f"{median:.1f} ms ({ratio:.2f}x)", va="center")
+    whiskers = [[0] * len(names), [q - m for m, q in zip(medians, p90, strict=True)]]
+    ax.barh(names, medians, xerr=whiskers, color=colors, capsize=3)
+    right = max(p90)
+    for i, name in enumerate(names):
+        label = f"{medians[i]:.1f} ms  ({results[name]['ratio_to_floor']:.2f}x)"
+        ax.text(p90[i] + right * 0.02, i, label, va="center")
     ax.invert_yaxis()
-    ax.set_xlabel("1+1 round trip, median ms (whisker: p90)")
-    ax.set_xlim(0, max(m + q for m, q in zip(medians, p90, strict=True)) * 1.35)
-    ax.set_title("jlabgw latency against the floor (jupyter_client -> ipykernel)")
+    ax.set_xlabel("1+1 round trip: median ms (whisker to p90); ratio to the floor")
+    ax.set_xlim(0, right * 1.45)
+    ax.set_title("jlabgw latency vs. the floor (jupyter_client -> ipykernel)", loc="left")
     fig.tight_layout()
     fig.savefig(path)
 
@@ -261,14 +263,21 @@ def main() -> int:
         "--slurm", action="store_true", help="add path (s): SLURM backend (root + test cluster)"
     )
     parser.add_argument("--plot", type=Path, help="write a PNG bar chart here")
+    parser.add_argument("--save", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--replot", type=Path, help="plot saved results (--save) instead")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="jlabgw-bench-") as tmp:
-        samples = asyncio.run(measure(args.n, args.warmup, Path(tmp), args.tunnel, args.slurm))
-    results = {name: summarize(values) for name, values in samples.items()}
-    floor = next(iter(results.values()))["median_ms"]
-    for row in results.values():
-        row["ratio_to_floor"] = row["median_ms"] / floor
+    if args.replot:
+        results = json.loads(args.replot.read_text())
+    else:
+        with tempfile.TemporaryDirectory(prefix="jlabgw-bench-") as tmp:
+            samples = asyncio.run(measure(args.n, args.warmup, Path(tmp), args.tunnel, args.slurm))
+        results = {name: summarize(values) for name, values in samples.items()}
+        floor = next(iter(results.values()))["median_ms"]
+        for row in results.values():
+            row["ratio_to_floor"] = row["median_ms"] / floor
+    if args.save:
+        args.save.write_text(json.dumps(results, indent=1))
     if args.plot:
         plot(results, args.plot)
     if args.json:
