@@ -347,6 +347,12 @@ def _print_state(state: dict[str, Any]) -> None:
             + (f" (reason: {job['reason']})" if job.get("reason") else "")
             + f" [{job.get('where')}]"
         )
+    for extra in (state.get("jobs") or [])[1:]:  # jobs of other resource shapes
+        print(
+            f"  job: {extra.get('id') or '-'} {extra.get('state') or '?'} on "
+            f"{extra.get('node') or '?'} for {extra.get('resources')}, "
+            f"{extra.get('sessions', 0)} session(s)"
+        )
     print(f"  notebooks: {state.get('notebook_dir')}")
     sessions = state.get("sessions") or []
     print(f"  sessions: {len(sessions)}")

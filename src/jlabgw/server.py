@@ -155,14 +155,31 @@ def _execution_result(result: ExecutionResult, limits: Limits) -> ToolResult:
 
 
 async def start_new_session(
-    experiment_name: ExperimentName, ctx: Context, kernel_name: KernelName = None
+    experiment_name: ExperimentName,
+    ctx: Context,
+    kernel_name: KernelName = None,
+    partition: Annotated[
+        str | None, Field(description="SLURM partition (default: the configured one).")
+    ] = None,
+    gpus: Annotated[
+        int | None, Field(description="GPUs for this session's job (e.g. 1).", ge=1)
+    ] = None,
+    cpus: Annotated[int | None, Field(description="CPUs for the job (e.g. 8).", ge=1)] = None,
+    mem: Annotated[str | None, Field(description="Memory for the job (e.g. 64G).")] = None,
+    time: Annotated[str | None, Field(description="Walltime for the job (e.g. 04:00:00).")] = None,
 ) -> dict[str, Any]:
     """Start a new kernel and a new, empty notebook for it. Use this first.
 
     Returns session_id (pass it to every other tool), notebook_path, kernel_id and backend.
+    On a cluster (slurm backend), partition/gpus/cpus/mem/time ask for a job of that shape:
+    sessions asking for the same resources share one job, a new shape submits its own (it
+    may wait in the queue; progress says why). Leave them out for the configured job.
     To pick up earlier work instead, use start_session_resume_notebook.
     """
-    return await _sessions(ctx).start_new(experiment_name, _progress(ctx), kernel_name=kernel_name)
+    resources = {"partition": partition, "gpus": gpus, "cpus": cpus, "mem": mem, "time": time}
+    return await _sessions(ctx).start_new(
+        experiment_name, _progress(ctx), kernel_name=kernel_name, resources=resources
+    )
 
 
 async def start_session_resume_notebook(

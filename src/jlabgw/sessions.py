@@ -28,6 +28,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell
 from .backends.base import Backend, Progress
 from .config import Settings
 from .errors import (
+    ConfigError,
     ConnectionLostError,
     GatewayError,
     JlabgwError,
@@ -42,6 +43,7 @@ from .errors import (
 from .executions import Execution, ExecutionResult
 from .gateway import GatewayClient
 from .kernel import KernelConnection, Message
+from .lanes import Lane, create_lane, shape_of
 from .notebook import NotebookDoc, NotebookWriter
 from .outputs import DisplayIndex, OutputRecorder, finish_cell, resume_point
 from .paths import experiment_filename, resolve_notebook_path
@@ -69,6 +71,7 @@ class Session:
     executions: int = 0
     kernel_state: str = "idle"
     runs: dict[str, Execution] = field(default_factory=dict)  # recent executions, oldest first
+    lane: str = ""  # the resource shape whose job runs the kernel ("": the default job)
     # waiting for the gateway, then the kernel's start until it answered kernel_info
     start_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -85,6 +88,7 @@ class Session:
             "created_at": self.created_at,
             "start_seconds": self.start_seconds,
             "notebook_write_error": self.doc.write_error,
+            "resources": self.lane or "default",
         }
 
 
@@ -138,10 +142,10 @@ class SessionManager:
         self.writer = writer or NotebookWriter()
         self._owns_writer = writer is None
         self._sessions: dict[str, Session] = {}
-        self._gateway: GatewayClient | None = None
-        self._gateway_lock = asyncio.Lock()
-        self._kernelspecs: dict[str, Any] | None = None
         self._on_change = on_change or (lambda: None)
+        # one lane (backend + gateway client) per resource shape; "" is the configured backend
+        self._lanes: dict[str, Lane] = {"": Lane(backend, "", self._changed)}
+        self._lanes_lock = asyncio.Lock()
         # One kernel started ahead (JLABGW_SPARE_KERNEL): a new session takes it at once
         # instead of waiting ~0.5 s for a kernel to start, and another is started behind it.
         self._spare: asyncio.Task[_Started] | None = None
@@ -164,7 +168,8 @@ class SessionManager:
         """A cell started or ended: only the registry (off-thread) needs to know; the status
         file's fsynced rewrite would cost every cell ~1 ms on its reply path."""
         if self._registry is not None and self._reattached and not self._handing_over:
-            records = [self._record(s) for s in self._sessions.values()]
+            # the next server knows the default job only; shaped jobs end with this server
+            records = [self._record(s) for s in self._sessions.values() if not s.lane]
             self._registry.save(self.backend.identity(), records)
 
     def _record(self, session: Session) -> dict[str, Any]:
@@ -291,23 +296,29 @@ class SessionManager:
 
     # -- gateway -----------------------------------------------------------------------------
 
-    async def gateway(self, progress: Progress | None = None) -> GatewayClient:
-        """The REST client for the backend's gateway, starting the gateway if needed."""
-        async with self.backend.watching(progress), self._gateway_lock:
-            endpoint = await self.backend.start()
-            if self._gateway is None or self._gateway.endpoint != endpoint:
-                if self._gateway is not None:
-                    await self._gateway.aclose()
-                self._gateway = GatewayClient(endpoint)
-                self._kernelspecs = None
-                self._changed()
-            return self._gateway
+    async def gateway(self, progress: Progress | None = None, lane: str = "") -> GatewayClient:
+        """The REST client for a lane's gateway (default: the configured backend's), starting
+        the gateway (submitting the job) if needed."""
+        return await self._lanes[lane].gateway(progress)
 
-    async def kernelspecs(self) -> dict[str, Any]:
-        gw = await self.gateway()
-        if self._kernelspecs is None:
-            self._kernelspecs = await gw.kernelspecs()
-        return self._kernelspecs
+    async def kernelspecs(self, lane: str = "") -> dict[str, Any]:
+        return await self._lanes[lane].kernelspecs()
+
+    async def _lane_for(self, resources: dict[str, Any] | None) -> str:
+        """The lane for a resource request, created (not started) if new."""
+        if not resources or all(v is None for v in resources.values()):
+            return ""
+        if self.backend.name != "slurm":
+            raise ConfigError(
+                "resource requests (partition, gpus, cpus, mem, time) need the slurm backend; "
+                f"this server uses {self.backend.name!r} (JLABGW_BACKEND)"
+            )
+        key, shaped = shape_of(self.settings, resources)
+        async with self._lanes_lock:
+            if key not in self._lanes:
+                self._lanes[key] = create_lane(shaped, key, self._changed)
+                log.info("new resource shape %s: job %s", key, shaped.job_name)
+        return key
 
     async def list_kernelspecs(self) -> list[dict[str, Any]]:
         """The kernels the gateway can start, the default first."""
@@ -370,6 +381,12 @@ class SessionManager:
             if spare is None
             else ("starting" if not spare.done() else "ready" if _ok(spare) else "failed"),
             "sessions": self.list(),
+            "jobs": [
+                {**lane.describe(), "sessions": sum(s.lane == key for s in self._sessions.values())}
+                for key, lane in self._lanes.items()
+            ]
+            if self.backend.name == "slurm"
+            else [],
         }
 
     def _holder_of(self, path: Path) -> Session | None:
@@ -384,12 +401,15 @@ class SessionManager:
         self._spare = asyncio.create_task(self._start_kernel(_no_progress), name="spare-kernel")
         self._spare.add_done_callback(_log_spare_failure)
 
-    async def _take_kernel(self, progress: Progress, kernel_name: str | None = None) -> _Started:
+    async def _take_kernel(
+        self, progress: Progress, kernel_name: str | None = None, lane: str = ""
+    ) -> _Started:
         """The spare kernel if it is alive, else a new one; then a new spare behind it.
 
-        The spare runs the default kernel spec; another ``kernel_name`` is started afresh."""
-        if kernel_name and kernel_name != self.settings.kernel_name:
-            return await self._start_kernel(progress, kernel_name)
+        The spare runs the default kernel spec on the default job; another ``kernel_name`` or
+        resource shape is started afresh."""
+        if (kernel_name and kernel_name != self.settings.kernel_name) or lane:
+            return await self._start_kernel(progress, kernel_name, lane)
         spare, self._spare = self._spare, None
         started = await self._claim(spare, progress) if spare is not None else None
         if started is None:
@@ -437,14 +457,17 @@ class SessionManager:
             conn = (await spare)[0]
             await self._discard_kernel(conn)
 
-    async def _start_kernel(self, progress: Progress, kernel_name: str | None = None) -> _Started:
+    async def _start_kernel(
+        self, progress: Progress, kernel_name: str | None = None, lane: str = ""
+    ) -> _Started:
         """A new kernel, answering; its notebook metadata; seconds spent per step."""
         t0 = time.monotonic()
         await progress(0, None, "starting the gateway")
-        gw = await self.gateway(progress)
+        gw = await self.gateway(progress, lane)
+        backend = self._lanes[lane].backend
         t_gateway = time.monotonic()
         name = kernel_name or self.settings.kernel_name
-        specs = await self.kernelspecs()
+        specs = await self.kernelspecs(lane)
         if name not in specs.get("kernelspecs", {}):
             available = ", ".join(sorted(specs.get("kernelspecs", {}))) or "none"
             raise JlabgwError(
@@ -453,10 +476,10 @@ class SessionManager:
                 "install it where the gateway runs"
             )
         await progress(0, None, f"starting a {name} kernel")
-        generation = self.backend.generation
+        generation = backend.generation
         model = await gw.start_kernel(name)
         conn = KernelConnection(
-            gw.endpoint, model["id"], lost=functools.partial(self.backend.lost_since, generation)
+            gw.endpoint, model["id"], lost=functools.partial(backend.lost_since, generation)
         )
         try:
             async with asyncio.timeout(_KERNEL_READY_TIMEOUT):
@@ -496,6 +519,7 @@ class SessionManager:
         conn: KernelConnection,
         doc: NotebookDoc,
         timings: dict[str, float],
+        lane: str = "",
     ) -> Session:
         session = Session(
             id=uuid.uuid4().hex[:12],
@@ -507,6 +531,7 @@ class SessionManager:
             conn=conn,
             doc=doc,
             start_seconds=timings,
+            lane=lane,
         )
         self._sessions[session.id] = session
         log.info("session %s: kernel %s, notebook %s", session.id, conn.kernel_id, doc.path)
@@ -520,15 +545,16 @@ class SessionManager:
             "kernel_id": session.kernel_id,
             "kernel_name": session.kernel_name,
             "backend": self.backend.name,
+            **({"resources": session.lane} if session.lane else {}),
             **extra,
         }
 
-    async def _discard_kernel(self, conn: KernelConnection) -> None:
+    async def _discard_kernel(self, conn: KernelConnection, lane: str = "") -> None:
         """Close and delete a kernel no session uses (bounded: the gateway may be gone)."""
         await conn.close()
         with contextlib.suppress(JlabgwError, TimeoutError):
             async with asyncio.timeout(_DISCARD_TIMEOUT):
-                await (await self.gateway()).delete_kernel(conn.kernel_id)
+                await (await self.gateway(lane=lane)).delete_kernel(conn.kernel_id)
 
     async def start_new(
         self,
@@ -536,20 +562,24 @@ class SessionManager:
         progress: Progress = _no_progress,
         notebook_path: str | None = None,
         kernel_name: str | None = None,
+        resources: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """New kernel (``kernel_name``, default JLABGW_KERNEL_NAME) and a new notebook named
         after the experiment.
 
         With ``notebook_path`` (CLI ``run --notebook``): append to that notebook if it exists
-        (nothing in it is re-run), else create it.
+        (nothing in it is re-run), else create it. ``resources`` (partition, gpus, cpus, mem,
+        time) puts the kernel on a job of that shape, shared with other sessions asking for
+        the same, submitted if there is none yet.
         """
+        lane = await self._lane_for(resources)
         path = None
         if notebook_path is not None:
             path = resolve_notebook_path(
                 self.settings.notebook_dir, notebook_path, must_exist=False
             )
             self._refuse_if_held(path)
-        conn, metadata, timings = await self._take_kernel(progress, kernel_name)
+        conn, metadata, timings = await self._take_kernel(progress, kernel_name, lane)
         try:
             if path is not None and path.exists():
                 doc = NotebookDoc.open(path, self.writer)
@@ -563,9 +593,9 @@ class SessionManager:
                     metadata=metadata,
                 )
         except BaseException:
-            await self._discard_kernel(conn)
+            await self._discard_kernel(conn, lane)
             raise
-        return self._info(self._register(experiment_name, conn, doc, timings))
+        return self._info(self._register(experiment_name, conn, doc, timings, lane))
 
     async def resume(
         self,
@@ -573,6 +603,7 @@ class SessionManager:
         notebook_path: str,
         progress: Progress = _no_progress,
         kernel_name: str | None = None,
+        resources: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """New kernel on an existing notebook; re-run its code cells in order, in place.
 
@@ -581,10 +612,11 @@ class SessionManager:
         self._refuse_if_held(path)
         doc = NotebookDoc.open(path, self.writer)
         name = kernel_name or _notebook_kernel(doc.nb)
-        conn, metadata, timings = await self._take_kernel(progress, name)
+        lane = await self._lane_for(resources)
+        conn, metadata, timings = await self._take_kernel(progress, name, lane)
         with doc.editing() as nb:
             nb.metadata.update(metadata)
-        session = self._register(experiment_name, conn, doc, timings)
+        session = self._register(experiment_name, conn, doc, timings, lane)
         code_cells = [
             i for i, c in enumerate(doc.nb.cells) if c.cell_type == "code" and c.source.strip()
         ]
@@ -610,6 +642,7 @@ class SessionManager:
         notebook_path: str,
         progress: Progress = _no_progress,
         kernel_name: str | None = None,
+        resources: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Fork a notebook to a new file with a fresh kernel; nothing is re-run."""
         path = resolve_notebook_path(self.settings.notebook_dir, notebook_path, must_exist=True)
@@ -617,7 +650,8 @@ class SessionManager:
         source = holder.doc if holder else NotebookDoc.open(path, self.writer)
         _, nb = source.snapshot()
         name = kernel_name or _notebook_kernel(nb)
-        conn, metadata, timings = await self._take_kernel(progress, name)
+        lane = await self._lane_for(resources)
+        conn, metadata, timings = await self._take_kernel(progress, name, lane)
         try:
             nb.metadata.update(metadata)
             doc = NotebookDoc.create(
@@ -628,9 +662,9 @@ class SessionManager:
                 metadata=dict(nb.metadata),
             )
         except BaseException:
-            await self._discard_kernel(conn)
+            await self._discard_kernel(conn, lane)
             raise
-        session = self._register(experiment_name, conn, doc, timings)
+        session = self._register(experiment_name, conn, doc, timings, lane)
         return self._info(session, original_notebook=str(path), cells=len(doc.nb.cells))
 
     def _refuse_if_held(self, path: Path) -> None:
@@ -769,14 +803,14 @@ class SessionManager:
             line = execution.last_line[-200:]
             state = "queued" if execution.cell is None else "running"
             message = f"{state} for {execution.elapsed:.0f} s" + (f": {line}" if line else "")
-            for notice in await self.backend.notices():
+            for notice in await self._lanes[session.lane].backend.notices():
                 message += f" | warning: {notice}"
             await progress(execution.elapsed, None, message)
         reply = execution.task.result() if done else None  # raises what the run raised
         outputs, redrawn = execution.new_outputs()
         execution.reports += 1
         warnings = [session.doc.write_error] if session.doc.write_error else []
-        warnings += await self.backend.notices()
+        warnings += await self._lanes[session.lane].backend.notices()
         if execution.timed_out:
             warnings.append(
                 f"the cell was interrupted after its timeout of {execution.timeout:g} s"
@@ -872,7 +906,7 @@ class SessionManager:
 
     async def interrupt(self, session_id: str) -> str:
         session = self.get(session_id)
-        await (await self.gateway()).interrupt_kernel(session.kernel_id)
+        await (await self.gateway(lane=session.lane)).interrupt_kernel(session.kernel_id)
         return f"interrupt sent to the kernel of session {session_id}"
 
     async def restart(self, session_id: str) -> str:
@@ -884,7 +918,7 @@ class SessionManager:
             with contextlib.suppress(JlabgwError, TimeoutError):
                 async with asyncio.timeout(_SETTLE_TIMEOUT):
                     await session.conn.settle()
-        await (await self.gateway()).restart_kernel(session.kernel_id)
+        await (await self.gateway(lane=session.lane)).restart_kernel(session.kernel_id)
         await session.conn.reset(
             KernelDiedError(
                 f"the kernel of session {session_id} was restarted (restart_kernel) while this "
@@ -915,7 +949,7 @@ class SessionManager:
         self._changed()
         await session.conn.close()
         with contextlib.suppress(KernelNotFoundError):
-            await (await self.gateway()).delete_kernel(session.kernel_id)
+            await (await self.gateway(lane=session.lane)).delete_kernel(session.kernel_id)
         await asyncio.to_thread(session.doc.flush)
         return f"session {session_id} shut down; notebook saved at {session.doc.path}"
 
@@ -942,9 +976,13 @@ class SessionManager:
                 log.warning("shutting down session %s: %s", session_id, exc)
         if self._registry is not None:
             await asyncio.to_thread(self._registry.close)
-        if self._gateway is not None:
-            await self._gateway.aclose()
-            self._gateway = None
+        for key, lane in list(self._lanes.items()):
+            await lane.aclose_client()
+            if key:  # shaped jobs are this manager's own; the default backend is the caller's
+                try:
+                    await lane.backend.aclose()
+                except JlabgwError as exc:
+                    log.warning("stopping the job for %s: %s", key, exc)
         if self._owns_writer:
             await asyncio.to_thread(self.writer.close)
         else:

@@ -303,6 +303,14 @@ async def test_notebook_file_keeps_umask_mode(manager: SessionManager) -> None:
     assert json.loads(Path(info["notebook_path"]).read_text())["nbformat_minor"] == 5
 
 
+async def test_resources_need_the_slurm_backend(manager: SessionManager) -> None:
+    with pytest.raises(JlabgwError, match="need the slurm backend; this server uses 'local'"):
+        await manager.start_new("gpu please", resources={"gpus": 1})
+    assert manager.list() == []  # nothing started
+    info = await manager.start_new("defaults", resources={"gpus": None})  # nothing asked
+    assert "resources" not in info
+
+
 async def test_unknown_kernel_name(tmp_path: Path, shared_backend: LocalBackend) -> None:
     settings: Settings = make_settings(tmp_path, kernel_name="julia-9")
     m = SessionManager(settings, shared_backend)

@@ -660,3 +660,52 @@ def test_doctor_explains_a_broken_cluster_setup(tmp_path: Path, login_node: SSHD
     assert found["remote python"] == "✗"
     assert "lacks kernel_gateway, ipykernel" in done.stdout
     assert "fix: set JLABGW_REMOTE_SETUP" in done.stdout
+
+
+async def test_sessions_share_a_job_per_resource_shape(
+    tmp_path: Path, slurm: SlurmCluster, sshd: SSHDServer
+) -> None:
+    """Two sessions with the configured resources share the default job; a session asking
+    for another walltime gets a job of its own, and one asking the same again shares that.
+    status shows each job; all of them are cancelled when the server exits."""
+    env = slurm_env(tmp_path, slurm, sshd, JLABGW_JOB_NAME="jlabgw-shape")
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            plain = await new_session(client, "plain")
+            shaped = await call(
+                client, "start_new_session", experiment_name="shaped", time="00:09:00"
+            )
+            assert not shaped.is_error, text_of(shaped)
+            assert shaped.structured_content["resources"] == "time=00:09:00"
+            same = await call(
+                client, "start_new_session", experiment_name="same shape", time="00:09:00"
+            )
+            for sid in (plain, shaped.structured_content["session_id"]):
+                out = await call(
+                    client,
+                    "execute_code",
+                    session_id=sid,
+                    code="import os; os.environ['SLURM_JOB_ID']",
+                )
+                assert not out.is_error, text_of(out)
+            state = await status(client)
+            jobs = {job["resources"]: job for job in state["jobs"]}
+            assert set(jobs) == {"default", "time=00:09:00"}
+            assert jobs["default"]["sessions"] == 1
+            assert jobs["time=00:09:00"]["sessions"] == 2
+            default_job, shaped_job = jobs["default"]["id"], jobs["time=00:09:00"]["id"]
+            assert default_job != shaped_job
+            assert same.structured_content["resources"] == "time=00:09:00"
+            limits = subprocess.run(
+                ["squeue", "-h", "-j", shaped_job, "-o", "%l"],
+                capture_output=True,
+                text=True,
+                env=slurm.env,
+                timeout=10,
+            ).stdout.strip()
+            assert limits == "9:00"
+            bad = await call(client, "start_new_session", experiment_name="x", mem="lots")
+            assert bad.is_error
+            assert "give a size such as 16G" in text_of(bad)
+    for job in (default_job, shaped_job):
+        assert wait_until(lambda job=job: squeue(slurm, job) == "", timeout=60)
