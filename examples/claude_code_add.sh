@@ -6,7 +6,7 @@
 # On a laptop: set JLABGW_PROFILE (or JLABGW_SSH_HOST) to reach the cluster over SSH.
 #
 # --scope local: this project only, kept out of git (use --scope user for every project, or
-# copy examples/mcp.json to .mcp.json at the repository root to share it with the team).
+# copy examples/.mcp.json to the repository root to share it with the team).
 set -euo pipefail
 claude mcp add --scope local \
     -e JLABGW_NOTEBOOK_DIR="$PWD/notebooks" \

@@ -50,7 +50,7 @@ def test_site_template_renders_and_parses(tmp_path: Path) -> None:
 
 
 def test_client_configs_are_valid_json_with_the_server() -> None:
-    for name in ("claude_desktop_config.json", "claude_desktop_config.local.json", "mcp.json"):
+    for name in ("claude_desktop_config.json", "claude_desktop_config.local.json", ".mcp.json"):
         data = json.loads((EXAMPLES / name).read_text())
         server = data["mcpServers"]["jlabgw"]
         assert server["args"] == ["serve"]
