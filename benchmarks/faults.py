@@ -223,13 +223,18 @@ async def lost_then_resumed(
     return ok, seconds, runs
 
 
+async def one_cell_ran(client: Any, tag: str) -> tuple[str, str, str]:
+    """A new session that ran ``tag``'s cell: (session id, job id, notebook path)."""
+    sid = await new_session(client, tag)
+    await call(client, "execute_code", session_id=sid, code=cell(tag, 0.01))
+    state = await status(client)
+    return sid, state["job"]["id"], mine(state, sid)["notebook_path"]
+
+
 async def trial_job_cancel(env: dict[str, str], slurm: Any, n: int) -> dict:
     tag = f"job-cancel-{n}"
     async with server(env) as client:
-        sid = await new_session(client, tag)
-        await call(client, "execute_code", session_id=sid, code=cell(tag, 0.01))
-        state = await status(client)
-        job, notebook = state["job"]["id"], mine(state, sid)["notebook_path"]
+        sid, job, notebook = await one_cell_ran(client, tag)
         await asyncio.to_thread(
             subprocess.run, ["scancel", job], env=slurm.env, check=True, timeout=30
         )
@@ -244,10 +249,7 @@ async def trial_gateway_kill(env: dict[str, str], sshd: Any, n: int) -> dict:
 
     tag = f"gateway-kill-{n}"
     async with server(env) as client:
-        sid = await new_session(client, tag)
-        await call(client, "execute_code", session_id=sid, code=cell(tag, 0.01))
-        state = await status(client)
-        job, notebook = state["job"]["id"], mine(state, sid)["notebook_path"]
+        sid, job, notebook = await one_cell_ran(client, tag)
         home = Path(pwd.getpwnam(sshd.user).pw_dir)
         info = json.loads((home / ".jlabgw" / "connections" / f"jlabgw-{job}.json").read_text())
         os.kill(int(info["gateway_pid"]), signal.SIGKILL)

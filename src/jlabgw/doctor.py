@@ -286,11 +286,10 @@ def _slurm_commands(settings: Settings, context: dict[str, Any]) -> tuple[Mark, 
 
 
 def _connection_dir(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
+    from .remote import expand_home
+
     host = context["host"]
-    directory = settings.connection_dir
-    if directory.startswith("~"):
-        home = host.run(["sh", "-c", 'printf %s "$HOME"']).stdout.strip()
-        directory = home + directory[1:]
+    directory = expand_home(host, settings.connection_dir)
     made = host.run(["mkdir", "-p", "-m", "700", directory], check=False, timeout=60)
     if made.returncode != 0:
         raise _Failed(

@@ -92,13 +92,11 @@ def shape_of(settings: Settings, resources: Mapping[str, Any]) -> tuple[str, Set
         if value is None:
             continue
         text = str(value).strip()
-        if name == "gpus":
+        if name in ("gpus", "cpus"):
             if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
-                raise ConfigError(f"gpus={value!r}: give a whole number of GPUs (1, 2 ...)")
-            text = f"gpu:{int(text)}"
-        elif name == "cpus":
-            if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
-                raise ConfigError(f"cpus={value!r}: give a whole number of CPUs (1, 2 ...)")
+                what = name[:-1].upper() + "s"
+                raise ConfigError(f"{name}={value!r}: give a whole number of {what} (1, 2 ...)")
+            text = f"gpu:{int(text)}" if name == "gpus" else str(int(text))
         elif name == "mem" and not _MEM.match(text):
             raise ConfigError(f"mem={value!r}: give a size such as 16G or 4000M")
         elif name == "time" and not _TIME.match(text):

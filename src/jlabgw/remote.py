@@ -29,7 +29,7 @@ from .errors import CommandError, SSHError
 from .fsutil import atomic_write
 from .ssh import CommandResult, SSHConnection
 
-__all__ = ["FileStat", "Host", "LocalHost", "SSHHost", "host_for"]
+__all__ = ["FileStat", "Host", "LocalHost", "SSHHost", "expand_home", "host_for"]
 
 _DEFAULT_TIMEOUT = 300.0
 
@@ -205,6 +205,14 @@ class SSHHost(Host):
                 self._sftp.close()  # not under the lock: it also ends a request stuck on it
         self._sftp = None
         self.connection.close()
+
+
+def expand_home(host: Host, path: str) -> str:
+    """``path`` with a leading ``~`` replaced by the home directory on ``host``."""
+    if not path.startswith("~"):
+        return path
+    home = host.run(["sh", "-c", 'printf %s "$HOME"']).stdout.strip()
+    return home + path[1:]
 
 
 def host_for(settings: Settings) -> Host:

@@ -525,9 +525,7 @@ class SessionManager:
             id=uuid.uuid4().hex[:12],
             experiment_name=experiment_name,
             kernel_id=conn.kernel_id,
-            kernel_name=str(doc.nb.metadata.get("kernelspec", {}).get("name"))
-            if doc.nb.metadata.get("kernelspec")
-            else self.settings.kernel_name,
+            kernel_name=_notebook_kernel(doc.nb) or self.settings.kernel_name,
             conn=conn,
             doc=doc,
             start_seconds=timings,

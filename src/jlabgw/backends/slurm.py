@@ -28,7 +28,7 @@ from ..config import Settings
 from ..errors import BackendError, CommandError, JlabgwError
 from ..fsutil import ensure_private_dir, write_private_file
 from ..log import register_secret
-from ..remote import Host, host_for
+from ..remote import Host, expand_home, host_for
 from ..slurm import JobStatus, SlurmClient, hopeless_reason
 from ..ssh import SSHConnection
 from ..tunnel import Forwarder
@@ -170,10 +170,7 @@ class SlurmBackend(Backend):
 
     def _connection_dir(self) -> str:
         assert self._host is not None
-        configured = self._settings.connection_dir
-        if configured.startswith("~"):
-            home = self._host.run(["sh", "-c", 'printf %s "$HOME"']).stdout.strip()
-            configured = home + configured[1:]
+        configured = expand_home(self._host, self._settings.connection_dir)
         self._host.run(["mkdir", "-p", "-m", "700", configured])
         return configured
 
