@@ -14,11 +14,11 @@ from typing import Any
 
 from fastmcp import Context, FastMCP
 
-from jlabgw.backends import LocalBackend
+from jlabgw.cluster.backends import LocalBackend
 from jlabgw.config import load_settings
-from jlabgw.gateway import GatewayClient
-from jlabgw.kernel import KernelConnection
-from jlabgw.stdio import serve_stdio
+from jlabgw.jupyter.channels import KernelConnection
+from jlabgw.jupyter.rest import GatewayClient
+from jlabgw.mcp.stdio import serve_stdio
 
 
 @contextlib.asynccontextmanager

@@ -136,11 +136,11 @@ async def tunnel_path(workdir: Path) -> AsyncIterator[Callable[[], Awaitable[Non
     from tests.sshd import SSHDServer, unavailable_reason
 
     from bare_mcp_server import local_kernel
-    from jlabgw.backends import GatewayEndpoint
+    from jlabgw.cluster.ssh.connection import SSHConnection
+    from jlabgw.cluster.ssh.forward import Forwarder
     from jlabgw.config import load_settings
-    from jlabgw.kernel import KernelConnection
-    from jlabgw.ssh import SSHConnection
-    from jlabgw.tunnel import Forwarder
+    from jlabgw.jupyter.channels import KernelConnection
+    from jlabgw.jupyter.endpoint import GatewayEndpoint
 
     reason = unavailable_reason()
     if reason:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jlabgw.backends import LocalBackend
+from jlabgw.cluster.backends import LocalBackend
 from jlabgw.config import Settings, load_settings
 from tests.slurm import SlurmCluster
 from tests.slurm import unavailable_reason as slurm_unavailable_reason

@@ -20,7 +20,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError
+from jlabgw.errors import ConfigError
 
 __all__ = [
     "ENV_PREFIX",

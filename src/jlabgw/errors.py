@@ -5,13 +5,17 @@ wrong and what to do next, and is shown as written (CLI stderr, MCP error result
 the libraries underneath (httpx, websockets, paramiko, OS) are translated at the boundary
 with ``raise ... from exc`` so the cause stays in the traceback but never in the message.
 
-Tree::
+Tree (catch the category that matches what you will do about it)::
 
     JlabgwError
     ├── ConfigError                 a setting is malformed or missing
+    ├── UsageError                  a command-line argument cannot be used as given
     ├── BackendError                the gateway could not be started or reached
     │   └── GatewayStartError       the gateway process failed to come up
-    ├── GatewayError                the gateway answered with an error
+    ├── GatewayError                talking to the gateway failed
+    │   ├── ConnectionLostError     no answer: a REST request's transport failed or timed out,
+    │   │                           or the kernel WebSocket dropped mid-request (the one
+    │   │                           category REST and WebSocket share: "is the gateway gone?")
     │   ├── GatewayAuthError        401/403: token rejected
     │   ├── GatewayServerError      5xx: the gateway failed (possibly transient)
     │   └── KernelNotFoundError     the kernel is gone from the gateway
@@ -19,14 +23,17 @@ Tree::
     │   ├── HostKeyError            the host key is unknown or does not match known_hosts
     │   ├── SSHAuthError            no key was accepted
     │   └── SSHConnectError         the host (or a jump host) cannot be reached
-    ├── CommandError                a command exited non-zero (argv, exit code, stdout, stderr)
+    ├── CommandError                a command failed (argv, exit code, stdout, stderr)
     ├── KernelError                 trouble on the kernel side of a session
     │   ├── KernelDiedError         the kernel process died or restarted
-    │   └── ConnectionLostError     the kernel WebSocket dropped mid-request
+    │   ├── KernelSpecError         the requested kernel is not installed on the gateway
+    │   └── KernelStartError        a started kernel never answered
     ├── SessionError                a session-level request cannot be served
     │   ├── UnknownSessionError     no session with that id
-    │   ├── SessionBusyError        the notebook is already held by another session
+    │   ├── UnknownExecutionError   no execution with that id in the session
+    │   ├── SessionBusyError        the session or notebook is held by another run/session
     │   ├── SessionLostError        the gateway (batch job) behind the session is gone
+    │   ├── CodeTooLargeError       the code is over the gateway's message limit
     │   └── CellIndexError          no cell at that index
     └── NotebookError               a notebook cannot be read, written or placed
         └── PathOutsideNotebookDirError
@@ -37,6 +44,7 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "CellIndexError",
+    "CodeTooLargeError",
     "CommandError",
     "ConfigError",
     "ConnectionLostError",
@@ -49,6 +57,8 @@ __all__ = [
     "KernelDiedError",
     "KernelError",
     "KernelNotFoundError",
+    "KernelSpecError",
+    "KernelStartError",
     "NotebookError",
     "PathOutsideNotebookDirError",
     "SSHAuthError",
@@ -59,6 +69,7 @@ __all__ = [
     "SessionLostError",
     "UnknownExecutionError",
     "UnknownSessionError",
+    "UsageError",
 ]
 
 
@@ -79,7 +90,13 @@ class GatewayStartError(BackendError):
 
 
 class GatewayError(JlabgwError):
-    """The gateway answered a request with an error."""
+    """Talking to the gateway failed (it answered with an error, or did not answer)."""
+
+
+class ConnectionLostError(GatewayError):
+    """The gateway could not be reached: a REST request got no answer, or the kernel
+    WebSocket dropped before the request finished. Whether the gateway (or its job) is gone
+    for good is the backend's to say (``Backend.lost``)."""
 
 
 class GatewayAuthError(GatewayError):
@@ -125,6 +142,10 @@ class CommandError(JlabgwError):
         )
 
 
+class UsageError(JlabgwError):
+    """A command-line argument cannot be used as given."""
+
+
 class KernelError(JlabgwError):
     """A problem with the kernel behind a session."""
 
@@ -133,8 +154,12 @@ class KernelDiedError(KernelError):
     """The kernel process died (or was restarted by the gateway) during a request."""
 
 
-class ConnectionLostError(KernelError):
-    """The WebSocket to the kernel dropped before the request finished."""
+class KernelSpecError(KernelError):
+    """The requested kernel spec is not installed where the gateway runs."""
+
+
+class KernelStartError(KernelError):
+    """A kernel was started but did not answer in time."""
 
 
 class SessionError(JlabgwError):
@@ -155,6 +180,10 @@ class SessionBusyError(SessionError):
 
 class SessionLostError(SessionError):
     """The gateway or batch job behind a session ended: its kernel state is gone."""
+
+
+class CodeTooLargeError(SessionError):
+    """The code is over the gateway's WebSocket message limit."""
 
 
 class CellIndexError(SessionError):

@@ -17,10 +17,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from jlabgw.backends import LocalBackend
+from jlabgw.cluster.backends import LocalBackend
 from jlabgw.errors import NotebookError
-from jlabgw.render import outputs_to_text
-from jlabgw.sessions import SessionManager
+from jlabgw.notebook.text import outputs_to_text
+from jlabgw.sessions.manager import SessionManager
 from tests.conftest import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]

@@ -24,7 +24,7 @@ from fastmcp.exceptions import ToolError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jlabgw.server import TOOLS, build_server
+from jlabgw.mcp.server import TOOLS, build_server
 from tests.conftest import PYTHON, make_settings, server_env
 from tests.helpers import wait_until
 

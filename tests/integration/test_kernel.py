@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from jlabgw.backends import LocalBackend
+from jlabgw.cluster.backends import LocalBackend
 from jlabgw.errors import KernelDiedError, KernelNotFoundError
-from jlabgw.gateway import GatewayClient
-from jlabgw.kernel import KernelConnection
+from jlabgw.jupyter.channels import KernelConnection
+from jlabgw.jupyter.rest import GatewayClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

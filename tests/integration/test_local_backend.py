@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jlabgw.backends import LocalBackend
-from jlabgw.backends import local as local_module
+from jlabgw.cluster.backends import LocalBackend
+from jlabgw.cluster.backends import local as local_module
 from jlabgw.config import Settings
 from jlabgw.errors import GatewayStartError
-from jlabgw.gateway import GatewayClient
-from jlabgw.kernel import KernelConnection
+from jlabgw.jupyter.channels import KernelConnection
+from jlabgw.jupyter.rest import GatewayClient
 from tests.conftest import make_settings
 from tests.helpers import cmdlines, listening_addresses, pids_matching, process_environ, wait_until
 

@@ -24,7 +24,8 @@ import json, os, random, signal, sys, time
 from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_output
-from jlabgw.notebook import NotebookDoc, NotebookWriter
+from jlabgw.notebook.document import NotebookDoc
+from jlabgw.notebook.writer import NotebookWriter
 
 root = Path(sys.argv[1])
 trials = int(sys.argv[2])

@@ -15,8 +15,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from jlabgw.backends import LocalBackend
-from jlabgw.sessions import SessionManager
+from jlabgw.cluster.backends import LocalBackend
+from jlabgw.sessions.manager import SessionManager
 from tests.conftest import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]

@@ -40,7 +40,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path: Path) -> None:
     assert wheel.name.startswith(f"jlabgw-{jlabgw.__version__}-")  # version from one place
     names = zipfile.ZipFile(wheel).namelist()
     assert "jlabgw/batch_templates/slurm.sbatch" in names
-    assert "jlabgw/job_supervisor.py" in names
+    assert "jlabgw/node/job_supervisor.py" in names
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
 
     env_dir = tmp_path / "venv"

@@ -11,7 +11,7 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 from mcp.types import TextContent
 
-from jlabgw.server import TOOLS, build_server
+from jlabgw.mcp.server import TOOLS, build_server
 from tests.conftest import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from jlabgw.backends import LocalBackend
+from jlabgw.cluster.backends import LocalBackend
 from jlabgw.config import Settings
 from jlabgw.errors import (
     CellIndexError,
@@ -23,9 +23,9 @@ from jlabgw.errors import (
     UnknownExecutionError,
     UnknownSessionError,
 )
-from jlabgw.gateway import GatewayClient
-from jlabgw.render import outputs_to_text
-from jlabgw.sessions import SessionManager
+from jlabgw.jupyter.rest import GatewayClient
+from jlabgw.notebook.text import outputs_to_text
+from jlabgw.sessions.manager import SessionManager
 from tests.conftest import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]

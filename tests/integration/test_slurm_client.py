@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from jlabgw.remote import LocalHost
-from jlabgw.slurm import SlurmClient, hopeless_reason
+from jlabgw.cluster.host import LocalHost
+from jlabgw.cluster.slurm.client import SlurmClient, hopeless_reason
 from tests.helpers import wait_until
 from tests.slurm import SlurmCluster
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jlabgw.batch import render_batch_script
+from jlabgw.cluster.slurm.batch import render_batch_script
 from tests.conftest import make_settings
 from tests.helpers import wait_until
 from tests.slurm import SlurmCluster

@@ -11,14 +11,15 @@ from typing import Any
 
 import pytest
 
-from jlabgw.backends import GatewayEndpoint, LocalBackend
+from jlabgw.cluster.backends import LocalBackend
+from jlabgw.cluster.host import LocalHost, SSHHost
+from jlabgw.cluster.ssh.connection import SSHConnection
+from jlabgw.cluster.ssh.forward import Forwarder
 from jlabgw.config import Settings
 from jlabgw.errors import CommandError, HostKeyError, SSHAuthError, SSHConnectError
-from jlabgw.gateway import GatewayClient
-from jlabgw.kernel import KernelConnection
-from jlabgw.remote import LocalHost, SSHHost
-from jlabgw.ssh import SSHConnection
-from jlabgw.tunnel import Forwarder
+from jlabgw.jupyter.channels import KernelConnection
+from jlabgw.jupyter.endpoint import GatewayEndpoint
+from jlabgw.jupyter.rest import GatewayClient
 from tests.conftest import make_settings
 from tests.helpers import wait_until
 from tests.sshd import SSHDServer

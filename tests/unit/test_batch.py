@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from jlabgw.batch import PLACEHOLDERS, _package_source, render_batch_script, sbatch_directives
+from jlabgw.cluster.slurm.batch import (
+    PLACEHOLDERS,
+    _package_source,
+    render_batch_script,
+    sbatch_directives,
+)
 from jlabgw.config import Settings
 from jlabgw.errors import ConfigError
 from tests.conftest import make_settings

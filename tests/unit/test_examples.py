@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jlabgw.batch import render_batch_script
+from jlabgw.cluster.slurm.batch import render_batch_script
 from jlabgw.config import load_settings, resolve_settings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

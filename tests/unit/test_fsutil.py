@@ -80,7 +80,7 @@ def test_pid_alive_treats_zombies_as_dead() -> None:
     import sys
     import time
 
-    from jlabgw.state import pid_alive
+    from jlabgw.sessions.state import pid_alive
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     assert pid_alive(os.getpid())

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from jlabgw import kernel as kernel_module
-from jlabgw.backends.base import GatewayEndpoint
 from jlabgw.errors import ConnectionLostError
-from jlabgw.kernel import KernelConnection
+from jlabgw.jupyter import channels as kernel_module
+from jlabgw.jupyter.channels import KernelConnection
+from jlabgw.jupyter.endpoint import GatewayEndpoint
 
 pytestmark = pytest.mark.anyio
 

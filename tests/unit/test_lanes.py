@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from jlabgw.errors import ConfigError
-from jlabgw.lanes import shape_of
+from jlabgw.sessions.lanes import shape_of
 from tests.conftest import make_settings
 
 

@@ -11,7 +11,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from jlabgw.errors import CellIndexError, NotebookError
-from jlabgw.notebook import NotebookDoc, NotebookWriter
+from jlabgw.notebook.document import NotebookDoc
+from jlabgw.notebook.writer import NotebookWriter
 
 
 @pytest.fixture
@@ -200,7 +201,7 @@ def test_incremental_file_is_exactly_json_dumps(tmp_path: Path, writer: Notebook
 def test_only_changed_cells_are_serialised(
     tmp_path: Path, writer: NotebookWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jlabgw import notebook as notebook_module
+    from jlabgw.notebook import document as notebook_module
 
     doc = NotebookDoc.create(tmp_path, "big", writer)
     cells = [new_code_cell(f"x = {i}") for i in range(50)]

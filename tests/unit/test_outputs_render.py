@@ -14,9 +14,11 @@ import pytest
 from mcp.types import ImageContent, TextContent
 from nbformat.v4 import new_code_cell
 
-from jlabgw.notebook import NotebookDoc, NotebookWriter
-from jlabgw.outputs import DisplayIndex, OutputRecorder
-from jlabgw.render import outputs_to_content, outputs_to_text, strip_ansi
+from jlabgw.mcp.content import outputs_to_content
+from jlabgw.notebook.document import NotebookDoc
+from jlabgw.notebook.recorder import DisplayIndex, OutputRecorder
+from jlabgw.notebook.text import outputs_to_text, strip_ansi
+from jlabgw.notebook.writer import NotebookWriter
 
 
 def msg(msg_type: str, **content: Any) -> dict[str, Any]:
@@ -181,7 +183,7 @@ def test_strip_ansi() -> None:
 
 
 def test_cap_keeps_head_and_mostly_tail_and_says_where() -> None:
-    from jlabgw.render import cap_text
+    from jlabgw.notebook.text import cap_text
 
     text = "".join(f"line {i}\n" for i in range(100_000))
     capped = cap_text(text, 2000, "cell 3 of run.ipynb")
@@ -194,7 +196,7 @@ def test_cap_keeps_head_and_mostly_tail_and_says_where() -> None:
 
 
 def test_text_blocks_share_the_limit_and_images_are_kept() -> None:
-    from jlabgw.render import Limits
+    from jlabgw.mcp.content import Limits
 
     outputs = [
         nbformat.v4.new_output("stream", name="stdout", text="a" * 50_000),
@@ -211,7 +213,7 @@ def test_text_blocks_share_the_limit_and_images_are_kept() -> None:
 
 
 def test_carriage_returns_collapse_to_the_last_state() -> None:
-    from jlabgw.render import collapse_carriage_returns
+    from jlabgw.notebook.text import collapse_carriage_returns
 
     bar = "".join(f"\r{i}/100" for i in range(101)) + "\n" + "done\n"
     assert collapse_carriage_returns(bar) == "100/100\ndone\n"
@@ -242,7 +244,7 @@ def test_big_images_are_downscaled_small_ones_untouched() -> None:
 
     from PIL import Image
 
-    from jlabgw.render import Limits, fit_image
+    from jlabgw.mcp.content import Limits, fit_image
 
     buf = io.BytesIO()
     Image.new("RGB", (3000, 1000), (10, 200, 30)).save(buf, "PNG")

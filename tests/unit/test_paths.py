@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from jlabgw.errors import NotebookError, PathOutsideNotebookDirError
-from jlabgw.paths import experiment_filename, resolve_notebook_path
+from jlabgw.notebook.paths import experiment_filename, resolve_notebook_path
 
 
 @pytest.fixture

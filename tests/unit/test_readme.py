@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from jlabgw.cli import build_parser
+from jlabgw.cli.commands import build_parser
 from jlabgw.config import Settings
-from jlabgw.server import TOOLS
+from jlabgw.mcp.server import TOOLS
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

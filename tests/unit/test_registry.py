@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from jlabgw.registry import SessionRegistry
+from jlabgw.sessions.registry import SessionRegistry
 
 
 def test_round_trip_private_file(tmp_path: Path) -> None:

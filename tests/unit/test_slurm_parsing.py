@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from jlabgw.errors import JlabgwError
-from jlabgw.slurm import (
+from jlabgw.cluster.slurm.client import (
     JobStatus,
     hopeless_reason,
     parse_sbatch_parsable,
     parse_slurm_duration,
     parse_squeue_line,
 )
+from jlabgw.errors import JlabgwError
 
 
 @pytest.mark.parametrize(("out", "job_id"), [("1\n", "1"), ("4242;cluster-a\n", "4242")])

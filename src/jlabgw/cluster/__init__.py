@@ -1,0 +1,1 @@
+"""Where gateways run and how they are reached: backends, hosts (local or SSH), SSH, schedulers."""

@@ -1,0 +1,49 @@
+"""Backends provide a Kernel Gateway endpoint: started here (``local``) or in a batch job.
+
+Each backend module is imported only when used: the SLURM backend brings paramiko and
+cryptography (~20 MiB of the server's memory), which the local default never needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from jlabgw.cluster.backends.base import Backend
+from jlabgw.config import Settings
+from jlabgw.jupyter.endpoint import GatewayEndpoint
+from jlabgw.progress import Progress
+
+if TYPE_CHECKING:
+    from jlabgw.cluster.backends.local import LocalBackend
+    from jlabgw.cluster.backends.slurm import SlurmBackend
+
+__all__ = [
+    "Backend",
+    "GatewayEndpoint",
+    "LocalBackend",
+    "Progress",
+    "SlurmBackend",
+    "create_backend",
+]
+
+_LAZY = {"LocalBackend": ".local", "SlurmBackend": ".slurm"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def create_backend(settings: Settings) -> Backend:
+    """The backend named by ``settings.backend``."""
+    if settings.backend == "local":
+        from jlabgw.cluster.backends.local import LocalBackend
+
+        return LocalBackend(settings)
+    if settings.backend == "slurm":
+        from jlabgw.cluster.backends.slurm import SlurmBackend
+
+        return SlurmBackend(settings)
+    raise AssertionError(f"unhandled backend {settings.backend!r}")  # config rejects others

@@ -1,0 +1,1 @@
+"""SLURM: sbatch/squeue/scancel (client) and the batch script (batch)."""

@@ -1,0 +1,1 @@
+"""SSH: paramiko connections through jump hosts (connection) and local port forwards (forward)."""

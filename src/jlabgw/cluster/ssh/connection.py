@@ -1,0 +1,491 @@
+"""SSH connections with paramiko, configured the way OpenSSH would configure them.
+
+From the user's ``~/.ssh/config`` (``JLABGW_SSH_CONFIG``) these keywords are honoured:
+``HostName``, ``User``, ``Port``, ``IdentityFile``, ``ProxyJump`` (a comma-separated chain; each
+hop's own config applies, and a direct-tcpip channel from one hop is the socket of the next),
+``ProxyCommand`` (``paramiko.ProxyCommand``: also the way to ride an OpenSSH ControlMaster on
+clusters with two-factor login) and ``ServerAliveInterval``. ``JLABGW_SSH_PORT``/``_USER``/``_KEY``
+override them for the target host.
+
+Host keys are checked against ``known_hosts`` (``JLABGW_KNOWN_HOSTS``), never accepted silently;
+an unknown or changed key fails with the fingerprint and the command that fixes it. Keys come
+from the agent and from key files (encrypted keys through the agent).
+
+Every connection gets TCP_NODELAY, keepalives, and one short session channel (``true``):
+OpenSSH's sshd leaves Nagle on for a connection that only forwards, which costs ~40 ms per
+kernel execution through a tunnel. A dead connection is re-established on next use with a
+bounded backoff.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import getpass
+import hashlib
+import logging
+import re
+import select
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from jlabgw.config import Settings
+from jlabgw.errors import CommandError, HostKeyError, SSHAuthError, SSHConnectError, SSHError
+
+__all__ = ["CommandResult", "HostSpec", "SSHConnection", "fingerprint", "resolve_host"]
+
+log = logging.getLogger(__name__)
+
+_MAX_HOPS = 8
+_RECONNECT_DELAYS = (0.0, 0.5, 1.0, 2.0, 4.0)  # bounded: five tries, ~7.5 s plus timeouts
+_DEFAULT_KEEPALIVE = 30
+_TARGET = re.compile(r"^(?:(?P<user>[^@]+)@)?(?P<host>\[[^\]]+\]|[^:]+)(?::(?P<port>\d+))?$")
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """Everything needed to reach one host, resolved from ssh config and overrides."""
+
+    alias: str
+    hostname: str
+    port: int
+    user: str
+    identity_files: tuple[Path, ...] = ()
+    proxy_jump: tuple[str, ...] = ()
+    proxy_command: str | None = None
+    keepalive: int = _DEFAULT_KEEPALIVE
+
+    @property
+    def label(self) -> str:
+        return f"{self.user}@{self.hostname}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style SHA256 fingerprint."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def load_ssh_config(path: Path) -> paramiko.SSHConfig:
+    if path.is_file():
+        try:
+            return paramiko.SSHConfig.from_path(str(path))
+        except Exception as exc:  # paramiko raises several types for bad lines
+            raise SSHError(f"cannot parse the ssh config {path}: {exc}") from exc
+    return paramiko.SSHConfig()
+
+
+def resolve_host(
+    target: str,
+    config: paramiko.SSHConfig,
+    *,
+    port: int | None = None,
+    user: str | None = None,
+    key: Path | None = None,
+) -> HostSpec:
+    """Resolve ``[user@]host[:port]`` (or a config alias) like ``ssh`` would."""
+    match = _TARGET.match(target.strip())
+    if not match:
+        raise SSHError(f"cannot parse SSH target {target!r}; expected [user@]host[:port]")
+    alias = match["host"].strip("[]")
+    opts: dict[str, Any] = dict(config.lookup(alias))
+    hostname = str(opts.get("hostname", alias))
+    resolved_port = port or (int(match["port"]) if match["port"] else int(opts.get("port", 22)))
+    resolved_user = user or match["user"] or str(opts.get("user") or getpass.getuser())
+    if key is not None:
+        identities: tuple[Path, ...] = (key,)
+    else:
+        identities = tuple(Path(p).expanduser() for p in opts.get("identityfile", []))
+    jump = str(opts.get("proxyjump", "")).strip()
+    command = str(opts.get("proxycommand", "")).strip()
+    return HostSpec(
+        alias=alias,
+        hostname=hostname,
+        port=resolved_port,
+        user=resolved_user,
+        identity_files=identities,
+        proxy_jump=tuple(h.strip() for h in jump.split(",") if h.strip())
+        if jump and jump.lower() != "none"
+        else (),
+        proxy_command=command if command and command.lower() != "none" else None,
+        keepalive=int(opts.get("serveraliveinterval", _DEFAULT_KEEPALIVE)),
+    )
+
+
+class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
+    """Refuse unknown host keys, saying how to verify and add them."""
+
+    def __init__(self, known_hosts: Path, spec: HostSpec) -> None:
+        self.known_hosts = known_hosts
+        self.spec = spec
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        port = f"-p {self.spec.port} " if self.spec.port != 22 else ""
+        where = (
+            f"is not in {self.known_hosts}"
+            if self.known_hosts.exists()
+            else f"cannot be checked: {self.known_hosts} does not exist"
+        )
+        raise HostKeyError(
+            f"the host key of {hostname} ({key.get_name()} {fingerprint(key)}) {where}. "
+            "Compare the fingerprint with the one your cluster publishes, then add it with "
+            f"`ssh-keyscan {port}{self.spec.hostname} >> {self.known_hosts}` (or log in once "
+            "with `ssh`, which asks). jlabgw never accepts host keys by itself"
+        )
+
+
+# AES-GCM first: one AEAD pass per packet instead of AES-CTR plus a separate HMAC. Through
+# paramiko that doubles the throughput (10 MB through the forwarder: 0.065 -> 0.033 s here),
+# which counts twice on the jump-host path. The server still picks from our whole list.
+_CIPHERS_FIRST = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    supported = set(options.ciphers)
+    first = tuple(c for c in _CIPHERS_FIRST if c in supported)
+    options.ciphers = first + tuple(c for c in options.ciphers if c not in first)
+    return transport
+
+
+def _connect_hop(
+    spec: HostSpec, sock: Any, known_hosts: Path, timeout: float
+) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(_RejectUnknownHost(known_hosts, spec))
+    if known_hosts.is_file():
+        client.get_host_keys().load(str(known_hosts))
+    try:
+        client.connect(
+            spec.hostname,
+            spec.port,
+            spec.user,
+            # paramiko takes "a filename, or list of filenames"; typeshed only knows str
+            key_filename=[str(p) for p in spec.identity_files] or None,  # type: ignore[arg-type]
+            allow_agent=True,
+            look_for_keys=not spec.identity_files,
+            sock=sock,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            channel_timeout=timeout,
+            transport_factory=_transport,
+        )
+    except HostKeyError:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise HostKeyError(
+            f"HOST KEY MISMATCH for {spec.known_hosts_name}: it offered {fingerprint(exc.key)}, "
+            f"{known_hosts} records {fingerprint(exc.expected_key)}. This can be an attack, or "
+            "the host was reinstalled: ask your cluster's admins. If the new key is right, "
+            f"remove the old one with `ssh-keygen -R '{spec.known_hosts_name}' -f {known_hosts}`"
+        ) from exc
+    except paramiko.PasswordRequiredException as exc:
+        client.close()
+        raise SSHAuthError(
+            f"a key for {spec.label} is passphrase-protected: load it into ssh-agent "
+            "(`ssh-add KEYFILE`) and make sure SSH_AUTH_SOCK reaches jlabgw"
+        ) from exc
+    except paramiko.AuthenticationException as exc:
+        client.close()
+        tried = ", ".join(str(p) for p in spec.identity_files) or "default key files"
+        raise SSHAuthError(
+            f"{spec.label} accepted none of our keys (agent and {tried}): set JLABGW_SSH_KEY or "
+            "IdentityFile, or add the key to ssh-agent"
+        ) from exc
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        client.close()
+        raise SSHConnectError(
+            f"cannot connect to {spec.label}: {exc or type(exc).__name__}"
+        ) from exc
+    transport = client.get_transport()
+    assert transport is not None
+    if spec.keepalive > 0:
+        transport.set_keepalive(spec.keepalive)
+    if isinstance(transport.sock, socket.socket):
+        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client
+
+
+def _prime(client: paramiko.SSHClient) -> None:
+    """Run one session channel so sshd turns Nagle off for this connection."""
+    transport = client.get_transport()
+    assert transport is not None
+    channel = transport.open_session()
+    try:
+        channel.exec_command("true")
+        channel.recv_exit_status()
+    finally:
+        channel.close()
+
+
+class SSHConnection:
+    """An SSH connection to one host (possibly through jump hosts), re-made when it dies."""
+
+    def __init__(
+        self,
+        target: str,
+        settings: Settings,
+        *,
+        port: int | None = None,
+        jump: str | None = None,
+        on_reconnect: Callable[[int], None] | None = None,
+    ) -> None:
+        """``port`` overrides ``JLABGW_SSH_PORT`` (compute nodes use their own); ``jump`` makes
+        the connection go through that host (the login node), replacing any ProxyJump/Command."""
+        self.settings = settings
+        self._config = load_ssh_config(settings.ssh_config)
+        spec = resolve_host(
+            target,
+            self._config,
+            port=port or settings.ssh_port,
+            user=settings.ssh_user,
+            key=settings.ssh_key,
+        )
+        # The login node as a jump host takes the JLABGW_SSH_* settings, as it does when
+        # jlabgw connects to it directly; other hops come from ~/.ssh/config alone.
+        self._hop_specs: dict[str, HostSpec] = {}
+        if jump:
+            spec = dataclasses.replace(spec, proxy_jump=(jump,), proxy_command=None)
+            self._hop_specs[jump] = resolve_host(
+                jump,
+                self._config,
+                port=settings.ssh_port,
+                user=settings.ssh_user,
+                key=settings.ssh_key,
+            )
+        self.spec = spec
+        self._chain: list[paramiko.SSHClient] = []
+        self._proxies: list[paramiko.ProxyCommand] = []
+        self._lock = threading.RLock()
+        self.reconnects = 0
+        self._ever_connected = False
+        self.on_reconnect = on_reconnect
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _open_chain(self, spec: HostSpec, depth: int = 0) -> list[paramiko.SSHClient]:
+        if depth > _MAX_HOPS:
+            raise SSHConnectError(f"ProxyJump chain to {spec.alias} is longer than {_MAX_HOPS}")
+        chain: list[paramiko.SSHClient] = []
+        sock: Any = None
+        try:
+            if spec.proxy_jump:
+                first = self._hop(spec.proxy_jump[0])
+                chain = self._open_chain(first, depth + 1)
+                for hop in spec.proxy_jump[1:]:
+                    hop_spec = self._hop(hop)
+                    chain.append(
+                        _connect_hop(
+                            hop_spec,
+                            self._channel_via(chain[-1], hop_spec),
+                            self.settings.known_hosts,
+                            self.settings.ssh_timeout,
+                        )
+                    )
+                sock = self._channel_via(chain[-1], spec)
+            elif spec.proxy_command:
+                sock = paramiko.ProxyCommand(spec.proxy_command)
+                self._proxies.append(sock)
+            chain.append(
+                _connect_hop(spec, sock, self.settings.known_hosts, self.settings.ssh_timeout)
+            )
+        except BaseException:
+            for client in chain:
+                client.close()
+            raise
+        return chain
+
+    def _hop(self, name: str) -> HostSpec:
+        return self._hop_specs.get(name) or resolve_host(name, self._config)
+
+    def _channel_via(self, client: paramiko.SSHClient, spec: HostSpec) -> paramiko.Channel:
+        transport = client.get_transport()
+        assert transport is not None
+        try:
+            return transport.open_channel(
+                "direct-tcpip",
+                (spec.hostname, spec.port),
+                ("127.0.0.1", 0),
+                timeout=self.settings.ssh_timeout,
+            )
+        except (paramiko.SSHException, OSError) as exc:
+            raise SSHConnectError(
+                f"the jump host cannot reach {spec.hostname}:{spec.port}: {exc}"
+            ) from exc
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        """The live client to the target, connecting (or reconnecting) first if needed."""
+        with self._lock:
+            if self._chain:
+                transport = self._chain[-1].get_transport()
+                if transport is not None and transport.is_active():
+                    return self._chain[-1]
+                log.warning("SSH connection to %s was lost; reconnecting", self.spec.label)
+                self._close_chain()
+            self._chain = self._connect_with_backoff()
+            if self._ever_connected:
+                self.reconnects += 1
+                if self.on_reconnect is not None:
+                    self.on_reconnect(self.reconnects)
+            self._ever_connected = True
+            return self._chain[-1]
+
+    @property
+    def transport(self) -> paramiko.Transport:
+        transport = self.client.get_transport()
+        assert transport is not None
+        return transport
+
+    def _connect_with_backoff(self) -> list[paramiko.SSHClient]:
+        last: SSHConnectError | None = None
+        for attempt, delay in enumerate(_RECONNECT_DELAYS, 1):
+            time.sleep(delay)
+            try:
+                chain = self._open_chain(self.spec)
+                for client in chain:  # every hop: a jump host's sshd relays our packets too
+                    _prime(client)
+                log.info("SSH connected to %s", self.spec.label)
+                return chain
+            except SSHConnectError as exc:  # host keys and auth do not get better by retrying
+                last = exc
+                log.info("SSH attempt %d/%d failed: %s", attempt, len(_RECONNECT_DELAYS), exc)
+        assert last is not None
+        raise last
+
+    def _close_chain(self) -> None:
+        for client in reversed(self._chain):
+            transport = client.get_transport()
+            client.close()
+            if transport is not None and transport is not threading.current_thread():
+                # its thread closes the socket, i.e. calls ProxyCommand.close(), on the way out
+                transport.join(timeout=5)
+        self._chain = []
+        # paramiko's ProxyCommand.close() signals the process but neither reaps it nor closes
+        # its pipes; reap only after the transport threads are done signalling it.
+        for proxy in self._proxies:
+            process = proxy.process
+            if process.poll() is None:
+                with contextlib.suppress(OSError):
+                    process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream is not None:
+                    stream.close()
+        self._proxies = []
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_chain()
+
+    @property
+    def connected(self) -> bool:
+        with self._lock:
+            if not self._chain:
+                return False
+            transport = self._chain[-1].get_transport()
+            return transport is not None and transport.is_active()
+
+    # -- use ---------------------------------------------------------------------------------
+
+    def open_channel(self, host: str, port: int) -> paramiko.Channel:
+        """A direct-tcpip channel to ``host:port`` as seen from the far end."""
+        try:
+            return self.transport.open_channel(
+                "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=self.settings.ssh_timeout
+            )
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHConnectError(
+                f"{self.spec.hostname} cannot open a connection to {host}:{port}: {exc}"
+            ) from exc
+
+    def sftp(self) -> paramiko.SFTPClient:
+        try:
+            sftp = self.client.open_sftp()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHError(f"SFTP to {self.spec.label} failed: {exc}") from exc
+        return sftp
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> CommandResult:
+        """Run ``argv`` on the host (each argument shell-quoted); stdin gets ``input``."""
+        command = shlex.join(argv)
+        try:
+            channel = self.transport.open_session(timeout=self.settings.ssh_timeout)
+            channel.exec_command(command)
+            if input:
+                channel.sendall(input)
+            channel.shutdown_write()
+            stdout, stderr = _drain(channel, timeout)
+            code = channel.recv_exit_status()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHConnectError(
+                f"running `{command}` on {self.spec.label} failed: {exc or type(exc).__name__}"
+            ) from exc
+        result = CommandResult(
+            list(argv), code, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+        )
+        if check and code != 0:
+            raise CommandError(result.argv, code, result.stdout, result.stderr, self.spec.label)
+        return result
+
+
+def _drain(channel: paramiko.Channel, timeout: float | None) -> tuple[bytes, bytes]:
+    """Read stdout and stderr together (so neither window fills up) until the command ends."""
+    out: list[bytes] = []
+    err: list[bytes] = []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        if channel.recv_ready():
+            out.append(channel.recv(1 << 16))
+            continue
+        if channel.recv_stderr_ready():
+            err.append(channel.recv_stderr(1 << 16))
+            continue
+        if channel.exit_status_ready() and channel.eof_received:
+            break
+        if channel.closed:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            channel.close()
+            raise TimeoutError(f"no exit within {timeout} s")
+        select.select([channel], [], [], 0.1)
+    return b"".join(out), b"".join(err)

@@ -1,0 +1,1 @@
+"""The MCP face: tool declarations and lifespan (server), outputs as MCP blocks (content), stdio."""

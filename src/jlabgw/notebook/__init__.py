@@ -1,0 +1,2 @@
+"""Notebooks: the in-memory document, its writer thread, IOPub-to-cell recording (recorder),
+plain-text views (text) and paths."""

@@ -1,0 +1,132 @@
+"""Lanes: one backend (a batch job) per resource shape, with its gateway client.
+
+Sessions that ask for the same resources (partition, GPUs, CPUs, memory, time) share a job;
+a new shape gets a job of its own, submitted under the configured job name plus a short hash
+of the shape. The default lane is the configured backend itself, created by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from jlabgw.cluster.backends import Backend, create_backend
+from jlabgw.config import Settings
+from jlabgw.errors import ConfigError
+from jlabgw.jupyter.rest import GatewayClient
+from jlabgw.progress import Progress
+
+__all__ = ["RESOURCE_KEYS", "Lane", "create_lane", "shape_of"]
+
+
+# tool parameter -> setting
+RESOURCE_KEYS = {
+    "partition": "slurm_partition",
+    "gpus": "slurm_gres",
+    "cpus": "slurm_cpus",
+    "mem": "slurm_mem",
+    "time": "slurm_time",
+}
+_MEM = re.compile(r"^\d+[KMGT]?$")
+_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+_PARTITION = re.compile(r"^[A-Za-z0-9_.,-]+$")
+
+
+class Lane:
+    """A backend and the REST client for its gateway (started on first use)."""
+
+    def __init__(
+        self, backend: Backend, key: str = "", on_new_gateway: Callable[[], None] | None = None
+    ) -> None:
+        self.backend = backend
+        self.key = key  # "" for the default lane, else the shape ("cpus=2,time=01:00:00")
+        self._gateway: GatewayClient | None = None
+        self._lock = asyncio.Lock()
+        self._kernelspecs: dict[str, Any] | None = None
+        self._on_new_gateway = on_new_gateway or (lambda: None)
+
+    async def gateway(self, progress: Progress | None = None) -> GatewayClient:
+        async with self.backend.watching(progress), self._lock:
+            endpoint = await self.backend.start()
+            if self._gateway is None or self._gateway.endpoint != endpoint:
+                if self._gateway is not None:
+                    await self._gateway.aclose()
+                self._gateway = GatewayClient(endpoint)
+                self._kernelspecs = None
+                self._on_new_gateway()
+            return self._gateway
+
+    async def kernelspecs(self) -> dict[str, Any]:
+        gw = await self.gateway()
+        if self._kernelspecs is None:
+            self._kernelspecs = await gw.kernelspecs()
+        return self._kernelspecs
+
+    async def aclose_client(self) -> None:
+        if self._gateway is not None:
+            await self._gateway.aclose()
+            self._gateway = None
+
+    def describe(self) -> dict[str, Any]:
+        job = self.backend.describe().get("job") or {}
+        return {"resources": self.key or "default", **job}
+
+
+def shape_of(settings: Settings, resources: Mapping[str, Any]) -> tuple[str, Settings]:
+    """The lane key and the settings of a job with ``resources`` (tool parameter names).
+
+    Values equal to the configured ones do not count: asking for the default partition is
+    the default lane (key ""). Raises :class:`ConfigError` with what is wrong."""
+    unknown = sorted(set(resources) - set(RESOURCE_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown resource(s) {', '.join(unknown)}; valid: {', '.join(RESOURCE_KEYS)}"
+        )
+    overrides: dict[str, Any] = {}
+    for name, value in resources.items():
+        if value is None:
+            continue
+        text = str(value).strip()
+        if name in ("gpus", "cpus"):
+            if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+                what = name[:-1].upper() + "s"
+                raise ConfigError(f"{name}={value!r}: give a whole number of {what} (1, 2 ...)")
+            text = f"gpu:{int(text)}" if name == "gpus" else str(int(text))
+        elif name == "mem" and not _MEM.match(text):
+            raise ConfigError(f"mem={value!r}: give a size such as 16G or 4000M")
+        elif name == "time" and not _TIME.match(text):
+            raise ConfigError(f"time={value!r}: give a walltime such as 04:00:00 or 1-00:00:00")
+        elif name == "partition" and not _PARTITION.match(text):
+            raise ConfigError(f"partition={value!r}: not a partition name")
+        field = RESOURCE_KEYS[name]
+        if str(getattr(settings, field)) != text:
+            overrides[field] = text
+    if not overrides:
+        return "", settings
+    key = ",".join(
+        f"{name}={overrides[field]}" for name, field in RESOURCE_KEYS.items() if field in overrides
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:6]
+    try:
+        shaped = Settings.model_validate(
+            {
+                **settings.model_dump(),
+                **overrides,
+                "job_name": f"{settings.job_name}-{digest}",
+                # a shaped job is this server's own: reattach knows the default job only
+                "keep_job": False,
+                "eager_start": False,
+            }
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"resources {key}: {exc.errors()[0]['msg']}") from exc
+    return key, shaped
+
+
+def create_lane(settings: Settings, key: str, on_new_gateway: Callable[[], None]) -> Lane:
+    return Lane(create_backend(settings), key, on_new_gateway)

@@ -1,0 +1,91 @@
+"""Per-server state files, so ``jlabgw status`` / ``jlabgw stop`` can find running servers.
+
+Each server writes ``<state_dir>/servers/<pid>.json`` (0600, atomic) when its gateway or
+sessions change, and removes it on exit. Files of processes that no longer exist are stale and
+pruned when read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jlabgw.fsutil import ensure_private_dir, write_private_file
+
+if TYPE_CHECKING:
+    from jlabgw.sessions.manager import SessionManager
+
+__all__ = ["ServerStateFile", "pid_alive", "read_server_states"]
+
+log = logging.getLogger(__name__)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs. A zombie (exited, not yet reaped by its parent) counts as dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): kill(0) is all we can know
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+class ServerStateFile:
+    """The state file of this process."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = ensure_private_dir(state_dir / "servers") / f"{os.getpid()}.json"
+        self.started_at = time.time()
+
+    def update(self, sessions: SessionManager) -> None:
+        data = {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            **sessions.status(),
+        }
+        try:
+            write_private_file(self.path, json.dumps(data, indent=1).encode())
+        except OSError as exc:  # status is a convenience; never fail a tool call over it
+            log.warning("cannot write state file %s: %s", self.path, exc.strerror)
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def read_server_states(state_dir: Path) -> list[dict[str, Any]]:
+    """States of live servers; files left by dead processes are removed."""
+    folder = state_dir / "servers"
+    states: list[dict[str, Any]] = []
+    if not folder.is_dir():
+        return states
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            pid = int(data["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable state file %s", path)
+            continue
+        if not pid_alive(pid):
+            gateway_pid = (data.get("gateway") or {}).get("pid")
+            data["stale"] = True
+            data["orphan_gateway_pid"] = (
+                gateway_pid if isinstance(gateway_pid, int) and pid_alive(gateway_pid) else None
+            )
+            if data["orphan_gateway_pid"] is None:
+                path.unlink(missing_ok=True)
+                continue
+        data["state_file"] = str(path)
+        states.append(data)
+    return states
