@@ -99,7 +99,7 @@ async def test_disk_full_keeps_the_kernel_and_the_old_file_then_catches_up(
     assert big.status == "ok"  # the cell itself is fine: only the notebook cannot be written
     with pytest.raises(NotebookError, match="No space left on device"):
         manager.writer.flush()
-    described = manager.get(sid).describe()["notebook_write_error"]
+    described = manager.get(sid).describe().notebook_write_error
     assert "(disk full)" in described
     assert "The kernel and its state are fine" in described
 

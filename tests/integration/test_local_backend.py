@@ -81,7 +81,7 @@ async def test_gateway_is_private_and_cleaned_up(settings: Settings) -> None:
     assert not Path(f"/proc/{gateway_pid}").exists()
     assert wait_until(lambda: not pids_matching(kernel["id"]), timeout=10)
     assert not config.exists()
-    assert backend.describe()["gateway"]["state"] == "stopped"
+    assert backend.describe().gateway.state == "stopped"
 
 
 async def test_port_clash_is_retried_on_another_port(
@@ -102,7 +102,7 @@ async def test_port_clash_is_retried_on_another_port(
             headers = {"Authorization": f"token {endpoint.token}"}
             resp = await http.get(f"{endpoint.url}/api/kernelspecs", headers=headers)
         assert resp.status_code == 200
-        log = Path(backend.describe()["gateway"]["log"]).read_text()
+        log = Path(str(backend.describe().gateway.log)).read_text()
         assert f"{busy_port}" in log  # the first attempt saw the clash
     finally:
         await backend.aclose()

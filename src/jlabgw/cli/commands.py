@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from jlabgw import __version__
+from jlabgw.cluster.backends.status import GatewayStatus
 from jlabgw.config import ENV_PREFIX, Settings, load_settings
 from jlabgw.errors import JlabgwError, UsageError
 from jlabgw.log import configure_logging
-from jlabgw.sessions.state import pid_alive, read_server_states
+from jlabgw.sessions.state import ServerState, pid_alive, read_server_states
 
 __all__ = ["main"]
 
@@ -318,7 +319,7 @@ def _config(flags: dict[str, Any], as_json: bool) -> int:
 def _status(settings: Settings, as_json: bool) -> int:
     states = read_server_states(settings.state_dir)
     if as_json:
-        print(json.dumps(states, indent=1))
+        print(json.dumps([state.to_dict() for state in states], indent=1))
         return 0
     if not states:
         print(f"no jlabgw server running (state dir {settings.state_dir})")
@@ -328,44 +329,43 @@ def _status(settings: Settings, as_json: bool) -> int:
     return 0
 
 
-def _print_state(state: dict[str, Any]) -> None:
-    gw = state.get("gateway") or {}
-    if state.get("stale"):
+def _print_state(state: ServerState) -> None:
+    status = state.status
+    gw = status.backend.gateway
+    if state.stale:
         print(
-            f"server pid {state['pid']}: gone, but its gateway pid "
-            f"{state['orphan_gateway_pid']} is still running (`jlabgw stop` ends it)"
+            f"server pid {state.pid}: gone, but its gateway pid "
+            f"{state.orphan_gateway_pid} is still running (`jlabgw stop` ends it)"
         )
         return
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.get("started_at", 0)))
-    print(f"server pid {state['pid']} (since {started}), backend {state.get('backend')}")
-    print(f"  gateway: {gw.get('state')} {gw.get('url') or ''} pid {gw.get('pid')}")
-    job = state.get("job")
-    if job and job.get("id"):
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.started_at))
+    print(f"server pid {state.pid} (since {started}), backend {status.backend.backend}")
+    print(f"  gateway: {gw.state} {gw.url or ''} pid {gw.pid}")
+    job = status.backend.job
+    if job and job.id:
         print(
-            f"  job: {job['id']} {job.get('state') or '?'} on {job.get('node') or '?'}, "
-            f"time left {job.get('time_left') or '?'}"
-            + (f" (reason: {job['reason']})" if job.get("reason") else "")
-            + f" [{job.get('where')}]"
+            f"  job: {job.id} {job.state or '?'} on {job.node or '?'}, "
+            f"time left {job.time_left or '?'}"
+            + (f" (reason: {job.reason})" if job.reason else "")
+            + f" [{job.where}]"
         )
-    for extra in (state.get("jobs") or [])[1:]:  # jobs of other resource shapes
+    for extra in status.jobs[1:]:  # jobs of other resource shapes
         print(
-            f"  job: {extra.get('id') or '-'} {extra.get('state') or '?'} on "
-            f"{extra.get('node') or '?'} for {extra.get('resources')}, "
-            f"{extra.get('sessions', 0)} session(s)"
+            f"  job: {(extra.job.id if extra.job else None) or '-'} "
+            f"{(extra.job.state if extra.job else None) or '?'} on "
+            f"{(extra.job.node if extra.job else None) or '?'} for {extra.resources}, "
+            f"{extra.sessions} session(s)"
         )
-    print(f"  notebooks: {state.get('notebook_dir')}")
-    sessions = state.get("sessions") or []
-    print(f"  sessions: {len(sessions)}")
-    for s in sessions:
-        print(
-            f"    {s['session_id']}  {s['state']:<5}  {s['cells']:>4} cells  {s['notebook_path']}"
-        )
+    print(f"  notebooks: {status.notebook_dir}")
+    print(f"  sessions: {len(status.sessions)}")
+    for s in status.sessions:
+        print(f"    {s.session_id}  {s.state:<5}  {s.cells:>4} cells  {s.notebook_path}")
 
 
 def _stop(settings: Settings, only_pid: int | None) -> int:
     states = read_server_states(settings.state_dir)
     if only_pid is not None:
-        states = [s for s in states if s.get("pid") == only_pid]
+        states = [s for s in states if s.pid == only_pid]
         if not states:
             raise UsageError(f"no jlabgw server with pid {only_pid} (see `jlabgw status`)")
     if not states:
@@ -373,8 +373,8 @@ def _stop(settings: Settings, only_pid: int | None) -> int:
         return 0
     failed = 0
     for state in states:
-        pid = state["orphan_gateway_pid"] if state.get("stale") else state["pid"]
-        what = "orphaned gateway" if state.get("stale") else "server"
+        pid = state.orphan_gateway_pid if state.orphan_gateway_pid else state.pid
+        what = "orphaned gateway" if state.stale else "server"
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + _STOP_WAIT
@@ -385,8 +385,8 @@ def _stop(settings: Settings, only_pid: int | None) -> int:
             failed += 1
         else:
             print(f"stopped {what} pid {pid}")
-            if state.get("stale"):
-                Path(state["state_file"]).unlink(missing_ok=True)
+            if state.stale:
+                state.state_file.unlink(missing_ok=True)
     return 1 if failed else 0
 
 
@@ -398,10 +398,11 @@ _READ_CONFIG_CMD = (
 )
 
 
-def _print_access(url: str, token_file: str | None) -> None:
+def _print_access(url: str, gateway: GatewayStatus | None) -> None:
     print(f"gateway: {url}", flush=True)
-    if token_file and " on " in token_file:  # a batch job's connection file, on the cluster
-        print(f"token:   the 'token' field of {token_file} (mode 0600)")
+    token_file = gateway.token_file if gateway else None
+    if gateway and gateway.token_host:  # a batch job's connection file, on the cluster
+        print(f"token:   the 'token' field of {gateway.token_location()} (mode 0600)")
         print(f"try:     curl -sS -H 'Authorization: token TOKEN' {url}/api/kernelspecs")
     elif token_file:
         token = f"$({_READ_CONFIG_CMD}{token_file})"
@@ -433,10 +434,10 @@ def _tunnel(settings: Settings, remote: str | None) -> int:
     if remote is not None:
         return _tunnel_ssh(settings, remote)
     for state in read_server_states(settings.state_dir):
-        gw = state.get("gateway") or {}
-        if not state.get("stale") and gw.get("state") == "running" and gw.get("url"):
-            print(f"attached to jlabgw server pid {state['pid']}")
-            _print_access(gw["url"], gw.get("token_file"))
+        gw = state.status.backend.gateway
+        if not state.stale and gw.state == "running" and gw.url:
+            print(f"attached to jlabgw server pid {state.pid}")
+            _print_access(gw.url, gw)
             _wait_for_interrupt()
             return 0
     return asyncio.run(_tunnel_local(settings))
@@ -454,7 +455,7 @@ async def _tunnel_local(settings: Settings) -> int:
             await spinner.update(0, None, f"starting the {backend.name} gateway")
             endpoint = await backend.start()
         print(f"started a {backend.name} gateway (no jlabgw server was running)")
-        _print_access(endpoint.url, backend.describe()["gateway"]["token_file"])
+        _print_access(endpoint.url, backend.describe().gateway)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

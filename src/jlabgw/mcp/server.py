@@ -321,7 +321,7 @@ async def shutdown_session(session_id: SessionId, ctx: Context) -> str:
 
 async def list_sessions(ctx: Context) -> list[dict[str, Any]]:
     """Running sessions with their notebook path, kernel, cell count and state."""
-    return _sessions(ctx).list()
+    return [s.to_dict() for s in _sessions(ctx).list()]
 
 
 async def list_kernelspecs(ctx: Context) -> list[dict[str, Any]]:
@@ -373,8 +373,10 @@ def build_server(settings: Settings, backend: Backend | None = None) -> FastMCP[
     async def lifespan(_: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
         active = backend or create_backend(settings)
         state = ServerStateFile(settings.state_dir)
-        sessions = SessionManager(settings, active, on_change=lambda: state.update(sessions))
-        state.update(sessions)
+        sessions = SessionManager(
+            settings, active, on_change=lambda: state.update(sessions.status())
+        )
+        state.update(sessions.status())
         # Start the gateway (submit the job) now so the first tool call waits less; a failure
         # is reported (again) by that first call.
         warmup = asyncio.create_task(_warm_up(sessions)) if settings.eager_start else None
@@ -407,7 +409,7 @@ def build_server(settings: Settings, backend: Backend | None = None) -> FastMCP[
     @mcp.resource("jlabgw://server/status", mime_type="application/json")
     async def server_status(ctx: Context) -> str:
         """Backend, gateway state and the running sessions (no secrets)."""
-        return json.dumps(_sessions(ctx).status(), indent=1)
+        return json.dumps(_sessions(ctx).status().to_dict(), indent=1)
 
     return mcp
 

@@ -72,10 +72,6 @@ class Lane:
             await self._gateway.aclose()
             self._gateway = None
 
-    def describe(self) -> dict[str, Any]:
-        job = self.backend.describe().get("job") or {}
-        return {"resources": self.key or "default", **job}
-
 
 def shape_of(settings: Settings, resources: Mapping[str, Any]) -> tuple[str, Settings]:
     """The lane key and the settings of a job with ``resources`` (tool parameter names).

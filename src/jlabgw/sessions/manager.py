@@ -52,6 +52,7 @@ from jlabgw.progress import Progress
 from jlabgw.sessions.execution import Execution, ExecutionResult
 from jlabgw.sessions.lanes import Lane, create_lane, shape_of
 from jlabgw.sessions.registry import SessionRegistry
+from jlabgw.sessions.status import LaneStatus, ServerStatus, SessionStatus
 
 __all__ = ["ExecutionResult", "Progress", "Session", "SessionManager"]
 
@@ -73,27 +74,26 @@ class Session:
     displays: DisplayIndex = field(default_factory=DisplayIndex)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     executions: int = 0
-    kernel_state: str = "idle"
     runs: dict[str, Execution] = field(default_factory=dict)  # recent executions, oldest first
     lane: str = ""  # the resource shape whose job runs the kernel ("": the default job)
     # waiting for the gateway, then the kernel's start until it answered kernel_info
     start_seconds: dict[str, float] = field(default_factory=dict)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "session_id": self.id,
-            "experiment_name": self.experiment_name,
-            "kernel_id": self.kernel_id,
-            "kernel_name": self.kernel_name,
-            "notebook_path": str(self.doc.path),
-            "cells": len(self.doc.nb.cells),
-            "executions": self.executions,
-            "state": "busy" if self.lock.locked() else self.kernel_state,
-            "created_at": self.created_at,
-            "start_seconds": self.start_seconds,
-            "notebook_write_error": self.doc.write_error,
-            "resources": self.lane or "default",
-        }
+    def describe(self) -> SessionStatus:
+        return SessionStatus(
+            session_id=self.id,
+            experiment_name=self.experiment_name,
+            kernel_id=self.kernel_id,
+            kernel_name=self.kernel_name,
+            notebook_path=str(self.doc.path),
+            cells=len(self.doc.nb.cells),
+            executions=self.executions,
+            state="busy" if self.lock.locked() else "idle",
+            created_at=self.created_at,
+            start_seconds=self.start_seconds,
+            notebook_write_error=self.doc.write_error,
+            resources=self.lane or "default",
+        )
 
 
 async def _no_progress(done: float, total: float | None, message: str) -> None:
@@ -312,7 +312,7 @@ class SessionManager:
         """The lane for a resource request, created (not started) if new."""
         if not resources or all(v is None for v in resources.values()):
             return ""
-        if self.backend.name != "slurm":
+        if not self.backend.supports_resources:
             raise ConfigError(
                 "resource requests (partition, gpus, cpus, mem, time) need the slurm backend; "
                 f"this server uses {self.backend.name!r} (JLABGW_BACKEND)"
@@ -372,26 +372,30 @@ class SessionManager:
                 "start_new_session, or reopen a notebook with start_session_resume_notebook"
             ) from None
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[SessionStatus]:
         return [s.describe() for s in self._sessions.values()]
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ServerStatus:
         spare = self._spare
-        return {
-            "server_pid": os.getpid(),
-            **self.backend.describe(),
-            "notebook_dir": str(self.settings.notebook_dir),
-            "spare_kernel": None
+        return ServerStatus(
+            server_pid=os.getpid(),
+            backend=self.backend.describe(),
+            notebook_dir=str(self.settings.notebook_dir),
+            spare_kernel=None
             if spare is None
             else ("starting" if not spare.done() else "ready" if _ok(spare) else "failed"),
-            "sessions": self.list(),
-            "jobs": [
-                {**lane.describe(), "sessions": sum(s.lane == key for s in self._sessions.values())}
+            sessions=self.list(),
+            jobs=[
+                LaneStatus(
+                    key or "default",
+                    lane.backend.describe().job,
+                    sum(s.lane == key for s in self._sessions.values()),
+                )
                 for key, lane in self._lanes.items()
             ]
-            if self.backend.name == "slurm"
+            if self.backend.supports_resources
             else [],
-        }
+        )
 
     def _holder_of(self, path: Path) -> Session | None:
         return next((s for s in self._sessions.values() if s.doc.path == path), None)
@@ -928,7 +932,6 @@ class SessionManager:
             )
         )
         session.displays = DisplayIndex()
-        session.kernel_state = "idle"
         return (
             f"kernel of session {session_id} restarted: all variables are gone, the notebook "
             f"{session.doc.path.name} is unchanged"

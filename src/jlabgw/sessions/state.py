@@ -12,15 +12,13 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from jlabgw.fsutil import ensure_private_dir, write_private_file
+from jlabgw.sessions.status import ServerStatus
 
-if TYPE_CHECKING:
-    from jlabgw.sessions.manager import SessionManager
-
-__all__ = ["ServerStateFile", "pid_alive", "read_server_states"]
+__all__ = ["ServerState", "ServerStateFile", "pid_alive", "read_server_states"]
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +45,12 @@ class ServerStateFile:
         self.path = ensure_private_dir(state_dir / "servers") / f"{os.getpid()}.json"
         self.started_at = time.time()
 
-    def update(self, sessions: SessionManager) -> None:
+    def update(self, status: ServerStatus) -> None:
         data = {
             "pid": os.getpid(),
             "started_at": self.started_at,
             "updated_at": time.time(),
-            **sessions.status(),
+            **status.to_dict(),
         }
         try:
             write_private_file(self.path, json.dumps(data, indent=1).encode())
@@ -64,28 +62,53 @@ class ServerStateFile:
             self.path.unlink()
 
 
-def read_server_states(state_dir: Path) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class ServerState:
+    """A server as its state file describes it."""
+
+    pid: int
+    started_at: float
+    status: ServerStatus
+    state_file: Path
+    # the server is gone, but the gateway it started still runs (local backend): this pid
+    orphan_gateway_pid: int | None = None
+
+    @property
+    def stale(self) -> bool:
+        return self.orphan_gateway_pid is not None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "pid": self.pid,
+            "started_at": self.started_at,
+            **self.status.to_dict(),
+            "stale": self.stale,
+            "orphan_gateway_pid": self.orphan_gateway_pid,
+            "state_file": str(self.state_file),
+        }
+
+
+def read_server_states(state_dir: Path) -> list[ServerState]:
     """States of live servers; files left by dead processes are removed."""
     folder = state_dir / "servers"
-    states: list[dict[str, Any]] = []
+    states: list[ServerState] = []
     if not folder.is_dir():
         return states
     for path in sorted(folder.glob("*.json")):
         try:
             data = json.loads(path.read_text())
             pid = int(data["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
+            status = ServerStatus.from_dict(data)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             log.warning("ignoring unreadable state file %s", path)
             continue
+        orphan = None
         if not pid_alive(pid):
-            gateway_pid = (data.get("gateway") or {}).get("pid")
-            data["stale"] = True
-            data["orphan_gateway_pid"] = (
-                gateway_pid if isinstance(gateway_pid, int) and pid_alive(gateway_pid) else None
-            )
-            if data["orphan_gateway_pid"] is None:
+            gateway_pid = status.backend.gateway.pid
+            if isinstance(gateway_pid, int) and pid_alive(gateway_pid):
+                orphan = gateway_pid
+            else:
                 path.unlink(missing_ok=True)
                 continue
-        data["state_file"] = str(path)
-        states.append(data)
+        states.append(ServerState(pid, float(data.get("started_at", 0)), status, path, orphan))
     return states

@@ -7,10 +7,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import ClassVar
 
 __all__ = ["Backend", "GatewayEndpoint", "Progress"]
 
+from jlabgw.cluster.backends.status import BackendStatus
 from jlabgw.jupyter.endpoint import GatewayEndpoint
 from jlabgw.progress import Progress
 
@@ -21,6 +22,9 @@ class Backend(abc.ABC):
     """Owns the lifecycle of one gateway (process, batch job, tunnel)."""
 
     name: ClassVar[str]
+    # Whether sessions may ask for their own resources (partition, GPUs, ...): each shape is
+    # a backend of its own (a batch job), made with ``Settings`` of that shape.
+    supports_resources: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._watchers: list[asyncio.Queue[tuple[float, float | None, str]]] = []
@@ -115,8 +119,9 @@ class Backend(abc.ABC):
         """Synchronous last-resort stop (signal handlers, atexit). Idempotent."""
 
     @abc.abstractmethod
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> BackendStatus:
         """Status for humans and the status resource. Never includes secrets."""
+        return BackendStatus(self.name)
 
 
 async def _relay(queue: asyncio.Queue[tuple[float, float | None, str]], progress: Progress) -> None:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import httpx
 
 from jlabgw.cluster.backends.base import Backend
+from jlabgw.cluster.backends.status import BackendStatus, GatewayStatus
 from jlabgw.config import Settings
 from jlabgw.errors import GatewayStartError
 from jlabgw.fsutil import ensure_private_dir, write_private_file
@@ -234,21 +235,21 @@ class LocalBackend(Backend):
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> BackendStatus:
         running = self._proc is not None and self._proc.poll() is None
         state = "running" if running else ("starting" if self._lock.locked() else "stopped")
-        return {
-            "backend": self.name,
-            "gateway": {
-                "state": state,
-                "url": self._endpoint.url if self._endpoint else None,
-                "pid": self.pid if running else None,
-                "started_at": self._started_at,
-                "start_seconds": round(self._start_seconds, 3) if self._start_seconds else None,
-                "log": str(self._log_path) if self._log_path else None,
+        return BackendStatus(
+            self.name,
+            GatewayStatus(
+                state=state,
+                url=self._endpoint.url if self._endpoint else None,
+                pid=self.pid if running else None,
+                started_at=self._started_at,
+                start_seconds=round(self._start_seconds, 3) if self._start_seconds else None,
+                log=str(self._log_path) if self._log_path else None,
                 # where the token is (0600), never the token itself
-                "token_file": str(self._secret_dir / "kernel_gateway_config.json")
+                token_file=str(self._secret_dir / "kernel_gateway_config.json")
                 if running and self._secret_dir
                 else None,
-            },
-        }
+            ),
+        )

@@ -24,6 +24,7 @@ import time
 from typing import Any, ClassVar
 
 from jlabgw.cluster.backends.base import Backend
+from jlabgw.cluster.backends.status import BackendStatus, GatewayStatus, JobInfo
 from jlabgw.cluster.host import Host, expand_home, host_for
 from jlabgw.cluster.slurm.batch import render_batch_script
 from jlabgw.cluster.slurm.client import JobStatus, SlurmClient, hopeless_reason
@@ -54,6 +55,7 @@ _NOTICE_REFRESH = 60.0  # seconds between squeue calls for the walltime notice
 
 class SlurmBackend(Backend):
     name: ClassVar[str] = "slurm"
+    supports_resources: ClassVar[bool] = True
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
@@ -438,31 +440,31 @@ class SlurmBackend(Backend):
 
     # -- status ------------------------------------------------------------------------------
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> BackendStatus:
         status = self._status
-        return {
-            "backend": self.name,
-            "gateway": {
-                "state": "running"
+        return BackendStatus(
+            self.name,
+            GatewayStatus(
+                state="running"
                 if self._endpoint
                 else ("starting" if self._lock.locked() else "stopped"),
-                "url": self._endpoint.url if self._endpoint else None,
-                "pid": None,
-                "token_file": f"{self._conn_dir}/jlabgw-{self._job_id}.json on {self._where}"
+                url=self._endpoint.url if self._endpoint else None,
+                token_file=f"{self._conn_dir}/jlabgw-{self._job_id}.json"
                 if self._endpoint
                 else None,
-                "start_seconds": self._timings or None,
-            },
-            "job": {
-                "id": self._job_id,
-                "state": status.state if status else None,
-                "reason": status.reason if status else None,
-                "node": self._node or (status.node if status else None),
-                "time_left": status.time_left if status else None,
-                "seconds_left": status.seconds_left if status else None,
-                "where": self._where,
-            },
-        }
+                token_host=self._where if self._endpoint else None,
+                start_seconds=self._timings or None,
+            ),
+            JobInfo(
+                id=self._job_id,
+                state=status.state if status else None,
+                reason=status.reason if status else None,
+                node=self._node or (status.node if status else None),
+                time_left=status.time_left if status else None,
+                seconds_left=status.seconds_left if status else None,
+                where=self._where,
+            ),
+        )
 
 
 def _close_connection(task: asyncio.Task[SSHConnection]) -> None:
