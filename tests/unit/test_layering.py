@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "jlabgw"
-FOUNDATION = {"errors", "config", "log", "fsutil", "progress", ""}
+FOUNDATION = {"errors", "config", "log", "fsutil", "progress", "aio", "processes", ""}
 ALLOWED: dict[str, set[str]] = {
     "": set(),  # foundation modules use each other only
     "node": set(),
