@@ -10,8 +10,10 @@
 #                                  br0 10.231.1.1/24 -- vc1 ------------ eth0 10.231.1.11/24 (c1)
 #                                                    \- vc2 ------------ eth0 10.231.1.12/24 (c2)
 #
-# The laptop reaches only the login node (root has an `unreachable` route for 10.231.1.0/24, and
-# the login namespace does not forward); compute nodes are reached by jumping through it.
+# The laptop reaches only the login node (root has an `unreachable` route for 10.231.0.0/16, and
+# the login namespace does not forward); compute nodes are reached by jumping through it. The
+# route also covers the login node's own address: while a test takes jlgw-login down, packets
+# for 10.231.0.2 fail here at once instead of leaving by the machine's default route.
 # login runs slurmctld and sshd; c1 and c2 run slurmd and an sshd that admits a user only while
 # they have a running job on that node (adopt.sh: pam_slurm_adopt emulated). One munged in the
 # root namespace serves all (its socket is a file path). Each node is one process tree in its
@@ -41,6 +43,7 @@ LOGIN_EXTERNAL=10.231.0.2         # the login node as the laptop sees it
 EXTERNAL_PREFIX=30
 LOGIN_INTERNAL=10.231.1.1         # the login node on the cluster network (bridge br0)
 INTERNAL_NET=10.231.1.0/24
+TOPOLOGY_NET=10.231.0.0/16        # every address above: unreachable from the laptop but by a link
 INTERNAL_PREFIX=24
 declare -A NODE_ADDR=([c1]=10.231.1.11 [c2]=10.231.1.12)
 
@@ -171,9 +174,12 @@ down() {
   if ip link show "$ROOT_LINK" >/dev/null 2>&1; then
     ip link del "$ROOT_LINK" 2>/dev/null || true # gone already if login went with it
   fi
-  for ((i = 0; i < 5; i++)); do
-    ip route show type unreachable "$INTERNAL_NET" 2>/dev/null | grep -q . || break
-    ip route del unreachable "$INTERNAL_NET" || break
+  local net
+  for net in "$TOPOLOGY_NET" "$INTERNAL_NET"; do # (the latter: what older versions added)
+    for ((i = 0; i < 5; i++)); do
+      ip route show type unreachable "$net" 2>/dev/null | grep -q . || break
+      ip route del unreachable "$net" || break
+    done
   done
   # `ip netns add` made /run/netns (a bind mount of itself) if it was missing: undo that too,
   # unless other namespaces live there now.
@@ -302,9 +308,11 @@ make_network() {
     ip -n "$node" addr add "${NODE_ADDR[$node]}/$INTERNAL_PREFIX" dev eth0
     ip -n "$node" link set eth0 up
   done
-  # No forwarding through the login node, and a wrong path from the laptop fails at once.
+  # No forwarding through the login node, and a wrong path from the laptop fails at once: also
+  # the path to the login node while its link is down (its connected route is gone then, and
+  # without this the default route would carry the packets out of the machine).
   nsenter --net=/run/netns/login sh -c 'echo 0 >/proc/sys/net/ipv4/ip_forward'
-  ip route add unreachable "$INTERNAL_NET"
+  ip route add unreachable "$TOPOLOGY_NET"
 }
 
 start_munged() {
