@@ -236,7 +236,11 @@ write_files() {
   # SLURM: the compute nodes declare this machine's hardware (the first line of `slurmd -C`).
   local hw
   hw=$(slurmd -C | head -n1 | sed -e 's/^NodeName=[^ ]* //')
-  render "$TEMPLATES/slurm.conf.in" "$STATE/etc/slurm/slurm.conf" -e "s|@NODE_HW@|$hw|g"
+  # Job ids from 1,000,000 on, 50 per second of the clock (two `up`s are seconds apart, a
+  # topology runs far fewer jobs than 50 a second), below SLURM's MaxJobId (67,043,328).
+  local first_job_id=$((1000000 + ($(date +%s) % 1000000) * 50))
+  render "$TEMPLATES/slurm.conf.in" "$STATE/etc/slurm/slurm.conf" -e "s|@NODE_HW@|$hw|g" \
+    -e "s|@FIRST_JOB_ID@|$first_job_id|g"
   render "$TEMPLATES/hosts.in" "$STATE/etc/hosts"
   chmod 644 "$STATE/etc/slurm/slurm.conf" "$STATE/etc/hosts"
 
