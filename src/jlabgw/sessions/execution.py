@@ -63,7 +63,6 @@ class ExecutionResult:
 class Execution:
     """A cell's run: its task, its place in the notebook once started, and what was reported."""
 
-    session_id: str
     doc: NotebookDoc
     timeout: float | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])

@@ -40,11 +40,8 @@ _PARTITION = re.compile(r"^[A-Za-z0-9_.,-]+$")
 class Lane:
     """A backend and the REST client for its gateway (started on first use)."""
 
-    def __init__(
-        self, backend: Backend, key: str = "", on_new_gateway: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, backend: Backend, on_new_gateway: Callable[[], None] | None = None) -> None:
         self.backend = backend
-        self.key = key  # "" for the default lane, else the shape ("cpus=2,time=01:00:00")
         self._gateway: GatewayClient | None = None
         self._lock = asyncio.Lock()
         self._kernelspecs: dict[str, Any] | None = None
@@ -124,5 +121,5 @@ def shape_of(settings: Settings, resources: Mapping[str, Any]) -> tuple[str, Set
     return key, shaped
 
 
-def create_lane(settings: Settings, key: str, on_new_gateway: Callable[[], None]) -> Lane:
-    return Lane(create_backend(settings), key, on_new_gateway)
+def create_lane(settings: Settings, on_new_gateway: Callable[[], None]) -> Lane:
+    return Lane(create_backend(settings), on_new_gateway)

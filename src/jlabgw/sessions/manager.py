@@ -148,7 +148,7 @@ class SessionManager:
         self._sessions: dict[str, Session] = {}
         self._on_change = on_change or (lambda: None)
         # one lane (backend + gateway client) per resource shape; "" is the configured backend
-        self._lanes: dict[str, Lane] = {"": Lane(backend, "", self._changed)}
+        self._lanes: dict[str, Lane] = {"": Lane(backend, self._changed)}
         self._lanes_lock = asyncio.Lock()
         # One kernel started ahead (JLABGW_SPARE_KERNEL): a new session takes it at once
         # instead of waiting ~0.5 s for a kernel to start, and another is started behind it.
@@ -261,7 +261,7 @@ class SessionManager:
         running = record.get("running")
         if running and running.get("msg_id") and running.get("cell_index") is not None:
             index = doc.cell_index(int(running["cell_index"]))
-            execution = Execution(session.id, doc)
+            execution = Execution(doc)
             execution.id = str(running.get("execution_id") or execution.id)
             execution.msg_id = str(running["msg_id"])
             cell = doc.nb.cells[index]
@@ -320,7 +320,7 @@ class SessionManager:
         key, shaped = shape_of(self.settings, resources)
         async with self._lanes_lock:
             if key not in self._lanes:
-                self._lanes[key] = create_lane(shaped, key, self._changed)
+                self._lanes[key] = create_lane(shaped, self._changed)
                 log.info("new resource shape %s: job %s", key, shaped.job_name)
         return key
 
@@ -780,7 +780,7 @@ class SessionManager:
                 f"{busy.elapsed:.0f} s). get_execution(session_id, execution_id={busy.id!r}) "
                 "follows it, interrupt_kernel stops it, or pass queue=true to run this after it"
             )
-        execution = Execution(session.id, session.doc, cell_timeout)
+        execution = Execution(session.doc, cell_timeout)
         # The execution is its own task: a caller that stops waiting (or is cancelled)
         # leaves the cell running and recording into the notebook.
         execution.task = asyncio.create_task(self._execution(session, execution, index, code))
