@@ -15,7 +15,8 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -qq --no-install-recommends openssh-server openssh-client procps curl \
-  slurm-wlm slurmctld slurmd slurm-client munge python3 python3-venv >/dev/null
+  slurm-wlm slurmctld slurmd slurm-client munge python3 python3-venv \
+  iproute2 util-linux >/dev/null
 
 # sshd refuses to start without its privilege-separation directory.
 install -d -m 755 /run/sshd
