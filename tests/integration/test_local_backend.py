@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import stat
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from jlabgw.cluster.backends import LocalBackend
 from jlabgw.cluster.backends import local as local_module
+from jlabgw.cluster.backends.local import supervisor_script
 from jlabgw.config import Settings
 from jlabgw.errors import GatewayStartError
 from jlabgw.jupyter.channels import KernelConnection
@@ -68,6 +70,12 @@ async def test_gateway_is_private_and_cleaned_up(settings: Settings) -> None:
         printed = "".join(m["content"].get("text", "") for m in outputs)
         assert "PATH" in printed
         assert endpoint.token not in printed
+        # ... and create files as the user's shell would (the supervisor's own files are 0600)
+        outputs.clear()
+        await conn.execute("import os; print(oct(os.umask(0o22)))", outputs.append)
+        ours = os.umask(0o22)
+        os.umask(ours)
+        assert "".join(m["content"].get("text", "") for m in outputs).strip() == oct(ours)
         kernel_pids = pids_matching(kernel["id"])
         assert kernel_pids, "kernel process not found"
         await conn.close()
@@ -87,13 +95,23 @@ async def test_gateway_is_private_and_cleaned_up(settings: Settings) -> None:
 async def test_port_clash_is_retried_on_another_port(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The supervisor's first port is taken: the gateway exits, the next port is used."""
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     busy_port = taken.getsockname()[1]
-    real_free_port = local_module._free_port
-    ports = iter([busy_port])
-    monkeypatch.setattr(local_module, "_free_port", lambda: next(ports, None) or real_free_port())
+    # the real supervisor file, with only its port pick replaced for the first attempt
+    wrapper = tmp_path / "supervisor_first_port_taken.py"
+    wrapper.write_text(
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('sup', {str(supervisor_script())!r})\n"
+        "sup = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(sup)\n"
+        f"ports, real = iter([{busy_port}]), sup.free_port\n"
+        "sup.free_port = lambda: next(ports, None) or real()\n"
+        "sys.exit(sup.main())\n"
+    )
+    monkeypatch.setattr(local_module, "supervisor_script", lambda: wrapper)
     backend = LocalBackend(make_settings(tmp_path))
     try:
         endpoint = await backend.start()
@@ -103,10 +121,30 @@ async def test_port_clash_is_retried_on_another_port(
             resp = await http.get(f"{endpoint.url}/api/kernelspecs", headers=headers)
         assert resp.status_code == 200
         log = Path(str(backend.describe().gateway.log)).read_text()
-        assert f"{busy_port}" in log  # the first attempt saw the clash
+        assert f"port {busy_port} was taken" in log  # the first attempt saw the clash
     finally:
         await backend.aclose()
         taken.close()
+
+
+async def test_a_gateway_that_cannot_start_is_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a port clash is worth another attempt: a broken gateway fails once, with its log."""
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "broken"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "kernel_gateway").mkdir()
+    (tmp_path / "broken" / "kernel_gateway" / "__init__.py").write_text("raise ImportError('x')")
+    backend = LocalBackend(make_settings(tmp_path))
+    try:
+        with pytest.raises(GatewayStartError, match="exited with code 1") as caught:
+            await backend.start()
+    finally:
+        await backend.aclose()
+    log = Path(str(backend.describe().gateway.log)).read_text()
+    assert "was taken" not in log
+    assert log.count("ImportError: x") == 1, log
+    assert "full log:" in str(caught.value)
 
 
 async def test_start_timeout_is_reported_with_the_setting(tmp_path: Path) -> None:
@@ -125,7 +163,6 @@ async def test_start_is_idempotent_and_restarts_a_dead_gateway(settings: Setting
         first = await backend.start()
         assert await backend.start() == first
         assert backend.pid is not None
-        import os
         import signal
 
         os.kill(backend.pid, signal.SIGKILL)

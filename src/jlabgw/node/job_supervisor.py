@@ -1,14 +1,16 @@
-"""Runs inside the batch job on the compute node: start Kernel Gateway, publish how to reach it.
+"""Start Kernel Gateway, publish how to reach it, and stop it: in the batch job on the compute
+node, and for the ``local`` backend on this machine (the one place a gateway is started).
 
 Standard library only (plus the Kernel Gateway it starts): the rendered sbatch script embeds
-this file and runs it with the job's Python, which need not have jlabgw installed.
+this file and runs it with the job's Python, which need not have jlabgw installed; the local
+backend runs this file as it is (``python -P .../job_supervisor.py``), never imports it.
 
 What it does, in order:
 
 1. ``umask 077``; a random token generated here, on the node: never in the script, argv or the
    environment the kernels inherit. It lives in a 0600 gateway config file in a 0700 work dir.
 2. A free port on 127.0.0.1 and the gateway with ``port_retries=0``; on a clash it exits and
-   we retry on another port.
+   we retry on another port (any other failure ends the attempts: it would only repeat).
 3. Once an authenticated request succeeds, the connection file (host, port, token, job id) is
    written atomically with mode 0600.
 4. SIGTERM (scancel, walltime) or SIGINT: remove the connection file, stop the gateway (which
@@ -23,7 +25,11 @@ What it does, in order:
    how the client tells a replaced gateway from a dropped tunnel.
 
 Usage: python job_supervisor.py --connection-file F --work-dir D [--kernel-idle S] [--job-idle S]
-       [--gateway-restarts N]
+       [--gateway-restarts N] [--gateway-log F] [--connection-class MODULE.CLASS] [--keep-umask]
+
+The local backend passes ``--job-idle 0 --kernel-idle 0 --gateway-restarts 0`` (its gateway
+lives as long as the server), its own log file, the connection class by its jlabgw name, and
+``--keep-umask`` (its kernels create files as the user's shell would).
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ GATEWAY_MAIN = (
 
 NODELAY_CLASS = "jlabgw_nodelay.NoDelayChannelsConnection"  # jlabgw/gateway_ext.py, shipped
 # into the work dir as jlabgw_nodelay.py by the batch script
+# What Kernel Gateway logs when its port is taken (port_retries=0 makes it exit then)
+PORT_CLASH_MARKERS = ("no available port could be found", "Address already in use")
 
 
 def log(message: str) -> None:
@@ -124,34 +132,63 @@ def api(port: int, token: str, path: str, timeout: float = 5.0) -> Any:
         return json.loads(response.read() or b"null")
 
 
+def log_since(path: Path, offset: int) -> str:
+    """What was appended to ``path`` after ``offset`` bytes ("" if it cannot be read)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 class Supervisor:
     def __init__(self, args: argparse.Namespace) -> None:
         self.connection_file = Path(args.connection_file)
         self.work_dir = Path(args.work_dir)
+        self.gateway_log = Path(args.gateway_log or self.work_dir / "gateway.log")
+        self.connection_class: str = args.connection_class
         self.kernel_idle = args.kernel_idle
         self.job_idle = args.job_idle
         self.max_restarts: int = args.gateway_restarts
         self.proc: subprocess.Popen[bytes] | None = None
         self.stopping = False
+        self.keep_umask: bool = args.keep_umask
+        self.gateway_umask = -1  # -1: the gateway and its kernels get ours (077)
+
+    def gateway_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.connection_class == NODELAY_CLASS:  # the copy shipped into the work dir
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(self.work_dir), env.get("PYTHONPATH", "")) if p
+            )
+        env.pop("KG_AUTH_TOKEN", None)
+        return env
 
     def start_gateway(self) -> tuple[int, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(self.work_dir), env.get("PYTHONPATH", "")) if p
-        )
-        env.pop("KG_AUTH_TOKEN", None)
+        env = self.gateway_env()
         last = ""
         for attempt in range(1, PORT_ATTEMPTS + 1):
             port, token = free_port(), secrets.token_urlsafe(32)
             config = self.work_dir / "kernel_gateway_config.json"
-            write_private(config, json.dumps(gateway_config(port, token, self.kernel_idle)))
-            log_file = (self.work_dir / "gateway.log").open("ab")
+            settings = gateway_config(port, token, self.kernel_idle, self.connection_class)
+            write_private(config, json.dumps(settings))
+            log_start = file_size(self.gateway_log)
+            log_file = self.gateway_log.open("ab")
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", GATEWAY_MAIN, f"--config={config}"],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=env,
+                umask=self.gateway_umask,
             )
             log_file.close()
             deadline = time.monotonic() + READY_TIMEOUT
@@ -168,10 +205,12 @@ class Supervisor:
             self.stop_gateway()
             if self.stopping:
                 break
-            log(f"gateway attempt {attempt} on port {port} failed ({last}); retrying")
+            output = log_since(self.gateway_log, log_start)
+            if not any(marker in output for marker in PORT_CLASH_MARKERS):
+                break  # not a port clash: another attempt would fail the same way
+            log(f"gateway attempt {attempt}: port {port} was taken ({last}); retrying")
         raise SystemExit(
-            f"jlabgw-job: Kernel Gateway did not start ({last}); see "
-            f"{self.work_dir / 'gateway.log'}"
+            f"jlabgw-job: Kernel Gateway did not start ({last}); see {self.gateway_log}"
         )
 
     def stop_gateway(self) -> None:
@@ -190,7 +229,9 @@ class Supervisor:
         self.stopping = True
 
     def run(self) -> int:
-        os.umask(0o077)
+        caller_umask = os.umask(0o077)
+        if self.keep_umask:  # local kernels write the user's files as the user's shell would
+            self.gateway_umask = caller_umask
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self.on_signal)
         self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -293,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel-idle", type=int, default=3600)
     parser.add_argument("--job-idle", type=int, default=1800)
     parser.add_argument("--gateway-restarts", type=int, default=3)
+    parser.add_argument("--gateway-log", help="default: gateway.log in the work dir")
+    parser.add_argument("--connection-class", default=NODELAY_CLASS)
+    parser.add_argument(
+        "--keep-umask", action="store_true", help="the gateway and kernels keep the caller's umask"
+    )
     return Supervisor(parser.parse_args(argv)).run()
 
 

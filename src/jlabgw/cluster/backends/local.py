@@ -1,9 +1,12 @@
 """The ``local`` backend: Jupyter Kernel Gateway as a subprocess of this machine.
 
-The gateway listens on 127.0.0.1 only, on a port picked free just before start, with
-``port_retries=0`` so it never silently moves to another port (a clash makes it exit and we
-retry with a new port). Its auth token lives only in a 0600 JSON config file in a 0700
-directory: not on the command line (``ps``), not in the environment the kernels inherit.
+The gateway is started, watched and stopped by the same supervisor a batch job runs
+(``jlabgw/node/job_supervisor.py``, run as a file: the cluster layer never imports node code).
+So the port pick and its clash retry, the gateway's settings and its start are written once:
+the gateway listens on 127.0.0.1 only with ``port_retries=0``, and its auth token lives only in
+a 0600 config file in a 0700 directory (not on a command line, not in the kernels'
+environment). The supervisor writes a 0600 connection file once the gateway answers an
+authenticated request; that is how this backend learns the port, token and gateway pid.
 """
 
 from __future__ import annotations
@@ -13,41 +16,39 @@ import contextlib
 import json
 import logging
 import os
-import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
-
-import httpx
 
 from jlabgw.cluster.backends.base import Backend
 from jlabgw.cluster.backends.status import BackendStatus, GatewayStatus
 from jlabgw.config import Settings
 from jlabgw.errors import GatewayStartError
-from jlabgw.fsutil import ensure_private_dir, write_private_file
+from jlabgw.fsutil import ensure_private_dir
 from jlabgw.jupyter.endpoint import GatewayEndpoint
 from jlabgw.log import register_secret
-from jlabgw.node.job_supervisor import GATEWAY_MAIN, gateway_config
-from jlabgw.node.job_supervisor import free_port as _free_port
+from jlabgw.processes import pid_alive
 
-__all__ = ["LocalBackend", "gateway_app_config"]
+__all__ = ["LocalBackend", "supervisor_script"]
 
 log = logging.getLogger(__name__)
 
-_PORT_ATTEMPTS = 5
-_POLL_INTERVAL = 0.02  # ready detection: the gateway answers ~1.6 s after exec here
+_POLL_INTERVAL = 0.02  # the connection file appears ~1.6 s after the supervisor starts here
 _STOP_GRACE = 10.0  # the gateway shuts kernels down on SIGTERM; that can take a few seconds
-_PORT_CLASH_MARKERS = ("no available port could be found", "Address already in use")
 NODELAY_CLASS_PATH = "jlabgw.node.gateway_ext.NoDelayChannelsConnection"
+_CONFIG_FILE = "kernel_gateway_config.json"  # the supervisor's name for it, in the work dir
+_CONNECTION_FILE = "connection.json"
 
 
-def gateway_app_config(port: int, token: str) -> dict[str, Any]:
-    """The batch job's gateway settings, with our NoDelay class importable as jlabgw."""
-    return gateway_config(port, token, connection_class=NODELAY_CLASS_PATH)
+def supervisor_script() -> Path:
+    """The supervisor's source file, run with this Python (which has the gateway installed)."""
+    return Path(str(resources.files("jlabgw.node").joinpath("job_supervisor.py")))
 
 
 class LocalBackend(Backend):
@@ -59,95 +60,58 @@ class LocalBackend(Backend):
         super().__init__()
         self._settings = settings
         self._lock = asyncio.Lock()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None  # the supervisor
+        self._gateway_pid: int | None = None
         self._endpoint: GatewayEndpoint | None = None
-        self._secret_dir: Path | None = None
+        self._work_dir: Path | None = None
         self._log_path: Path | None = None
         self._started_at: float | None = None
         self._start_seconds: float | None = None
-        self._early: tuple[GatewayEndpoint, float] | None = None  # spawned by begin(), and when
+        self._early: float | None = None  # when begin() spawned the supervisor (monotonic)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> GatewayEndpoint:
         async with self._lock:
-            if self._endpoint is not None and self._proc is not None:
-                if self._proc.poll() is None:
+            if self._endpoint is not None:
+                why = self._exited()
+                if why is None:
                     return self._endpoint
-                log.warning(
-                    "gateway process exited (code %s); starting a new one", self._proc.returncode
-                )
-                self._retire(f"the local Kernel Gateway exited (code {self._proc.returncode})")
-                self._cleanup_files()
-                self._endpoint = None
-            self._endpoint = await self._start_with_retries()
+                log.warning("%s; starting a new one", why)
+                self._retire(why)
+                self._stop()
+            self._endpoint = await self._start()
             self.generation += 1
             return self._endpoint
 
     def begin(self) -> None:
-        """Spawn the gateway now (it takes ~0.5 s to answer); :meth:`start` waits for it."""
+        """Spawn the gateway now (it takes ~1.5 s to answer); :meth:`start` waits for it."""
         if self._early is None and self._proc is None:
             t0 = time.monotonic()
-            self._early = (self._launch(), t0)
+            self._launch()
+            self._early = t0
 
-    def _launch(self) -> GatewayEndpoint:
-        """Write a fresh private config (new port and token) and spawn the gateway on it."""
+    def _launch(self) -> None:
+        """Spawn the supervisor in a fresh private work dir (it picks the port and token)."""
         state_dir = ensure_private_dir(self._settings.state_dir)
         logs = ensure_private_dir(state_dir / "logs")
         self._log_path = logs / f"gateway-local-{os.getpid()}.log"
-        port = _free_port()
-        token = secrets.token_urlsafe(32)
-        register_secret(token)
-        self._secret_dir = Path(
+        self._work_dir = Path(
             tempfile.mkdtemp(prefix="gw-", dir=ensure_private_dir(state_dir / "run"))
         )
-        config_file = self._secret_dir / "kernel_gateway_config.json"
-        write_private_file(config_file, json.dumps(gateway_app_config(port, token)).encode())
-        self._spawn(config_file)
-        return GatewayEndpoint(url=f"http://127.0.0.1:{port}", token=token)
-
-    async def _start_with_retries(self) -> GatewayEndpoint:
-        early, self._early = self._early, None
-        t0 = early[1] if early else time.monotonic()
-        last_error = ""
-        for attempt in range(1, _PORT_ATTEMPTS + 1):
-            if early is not None and self._proc is not None:
-                endpoint = early[0]  # spawned by begin()
-                early = None
-            else:
-                endpoint = self._launch()
-            port = int(endpoint.url.rsplit(":", 1)[1])
-            outcome = await self._wait_ready(endpoint, t0)
-            if outcome == "ready":
-                self._start_seconds = time.monotonic() - t0
-                self._started_at = time.time()
-                log.info(
-                    "gateway ready at %s in %.2f s (log: %s)",
-                    endpoint.url,
-                    self._start_seconds,
-                    self._log_path,
-                )
-                return endpoint
-            last_error = outcome
-            self._terminate()
-            self._cleanup_files()
-            if not any(marker in outcome for marker in _PORT_CLASH_MARKERS):
-                break
-            log.info(
-                "port %d was taken (attempt %d/%d); retrying on another port",
-                port,
-                attempt,
-                _PORT_ATTEMPTS,
-            )
-        raise GatewayStartError(
-            f"the local Kernel Gateway did not start: {last_error.strip()} "
-            f"(full log: {self._log_path}). Check that jupyter-kernel-gateway and ipykernel "
-            f"are installed in {sys.executable}."
-        )
-
-    def _spawn(self, config_file: Path) -> None:
-        assert self._log_path is not None
-        cmd = [sys.executable, "-c", GATEWAY_MAIN, f"--config={config_file}"]
+        cmd = [
+            sys.executable,
+            "-P",  # nothing beside the script shadows the standard library
+            str(supervisor_script()),
+            f"--connection-file={self._work_dir / _CONNECTION_FILE}",
+            f"--work-dir={self._work_dir}",
+            f"--gateway-log={self._log_path}",
+            f"--connection-class={NODELAY_CLASS_PATH}",
+            "--kernel-idle=0",
+            "--job-idle=0",
+            "--gateway-restarts=0",  # a gateway that dies is replaced by the next start()
+            "--keep-umask",
+        ]
         with self._log_path.open("ab") as logf:
             # Own session: a Ctrl-C in the user's terminal reaches us, and we stop the gateway
             # in order (kernels first) instead of it dying half-way.
@@ -159,26 +123,50 @@ class LocalBackend(Backend):
                 start_new_session=True,
                 close_fds=True,
             )
-        log.debug("started gateway pid %d", self._proc.pid)
+        log.debug("started the gateway supervisor, pid %d", self._proc.pid)
 
-    async def _wait_ready(self, endpoint: GatewayEndpoint, t0: float) -> str:
-        """Poll until an authenticated request succeeds; return "ready" or why it failed."""
+    async def _start(self) -> GatewayEndpoint:
+        t0, self._early = self._early, None
+        if t0 is None or self._proc is None:
+            t0 = time.monotonic()
+            self._launch()
+        info = await self._wait_ready(t0)
+        if isinstance(info, str):
+            self._stop()
+            raise GatewayStartError(
+                f"the local Kernel Gateway did not start: {info.strip()} "
+                f"(full log: {self._log_path}). Check that jupyter-kernel-gateway and ipykernel "
+                f"are installed in {sys.executable}."
+            )
+        token = str(info["token"])
+        register_secret(token)
+        endpoint = GatewayEndpoint(url=f"http://127.0.0.1:{int(info['port'])}", token=token)
+        self._gateway_pid = int(info["gateway_pid"])
+        self._start_seconds = time.monotonic() - t0
+        self._started_at = time.time()
+        log.info(
+            "gateway ready at %s in %.2f s (log: %s)",
+            endpoint.url,
+            self._start_seconds,
+            self._log_path,
+        )
+        return endpoint
+
+    async def _wait_ready(self, t0: float) -> dict[str, Any] | str:
+        """The connection file, once the supervisor has written it; else why there is none."""
         assert self._proc is not None
-        headers = {"Authorization": f"token {endpoint.token}"}
+        assert self._work_dir is not None
+        path = self._work_dir / _CONNECTION_FILE
         deadline = t0 + self._settings.gateway_start_timeout
-        async with httpx.AsyncClient(base_url=endpoint.url, headers=headers, timeout=2.0) as http:
-            while time.monotonic() < deadline:
-                code = self._proc.poll()
-                if code is not None:
-                    return f"the gateway exited with code {code}: {self._log_tail()}"
-                try:
-                    resp = await http.get("/api/kernelspecs")
-                except httpx.TransportError:
-                    await asyncio.sleep(_POLL_INTERVAL)
-                    continue
-                if resp.status_code == 200:
-                    return "ready"
-                return f"the gateway answered HTTP {resp.status_code} to an authenticated request"
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                return f"its supervisor exited with code {code}: {self._log_tail()}"
+            try:
+                info: dict[str, Any] = json.loads(path.read_bytes())  # written atomically
+                return info
+            except FileNotFoundError:
+                await asyncio.sleep(_POLL_INTERVAL)
         return (
             f"no answer within {self._settings.gateway_start_timeout:.0f} s "
             f"(JLABGW_GATEWAY_START_TIMEOUT): {self._log_tail()}"
@@ -193,63 +181,66 @@ class LocalBackend(Backend):
             return ""
         return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
 
-    async def lost(self) -> str | None:
-        proc = self._proc
-        if proc is not None and proc.poll() is not None:
-            return f"the local Kernel Gateway exited (code {proc.returncode})"
+    def _exited(self) -> str | None:
+        """Why the gateway that is up is gone (it died, or its supervisor did), else None."""
+        proc, pid = self._proc, self._gateway_pid
+        if proc is None:
+            return None
+        if proc.poll() is not None or (pid is not None and not pid_alive(pid)):
+            # the supervisor notices the gateway's death within 0.2 s; the pid tells at once
+            return f"the local Kernel Gateway exited (pid {pid}; log: {self._log_path})"
         return None
+
+    async def lost(self) -> str | None:
+        return self._exited()
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close_now)
 
     def close_now(self) -> None:
-        self._terminate()
-        self._cleanup_files()
-        self._endpoint = None
+        self._stop()
 
-    def _terminate(self) -> None:
+    def _stop(self) -> None:
+        """Stop the supervisor (it stops the gateway, which stops its kernels) and clean up."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        log.info("stopping gateway pid %d", proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=_STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            log.warning("gateway pid %d did not stop in %.0f s; killing it", proc.pid, _STOP_GRACE)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-
-    def _cleanup_files(self) -> None:
-        secret_dir, self._secret_dir = self._secret_dir, None
-        if secret_dir is None:
-            return
-        for child in secret_dir.iterdir():
-            child.unlink(missing_ok=True)
-        secret_dir.rmdir()
+        self._endpoint = None
+        self._gateway_pid = None
+        if proc is not None and proc.poll() is None:
+            log.info("stopping the gateway (supervisor pid %d)", proc.pid)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=_STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                log.warning("gateway did not stop in %.0f s; killing it", _STOP_GRACE)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        work_dir, self._work_dir = self._work_dir, None
+        if work_dir is not None:  # the supervisor removes it; not if it was killed
+            shutil.rmtree(work_dir, ignore_errors=True)
 
     # -- status ------------------------------------------------------------------------------
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        """The gateway's pid (what `jlabgw status` shows and `jlabgw stop` ends if orphaned)."""
+        return self._gateway_pid
 
     def describe(self) -> BackendStatus:
-        running = self._proc is not None and self._proc.poll() is None
-        state = "running" if running else ("starting" if self._lock.locked() else "stopped")
+        running = self._endpoint is not None and self._exited() is None
+        starting = self._lock.locked() or self._early is not None
         return BackendStatus(
             self.name,
             GatewayStatus(
-                state=state,
+                state="running" if running else ("starting" if starting else "stopped"),
                 url=self._endpoint.url if self._endpoint else None,
                 pid=self.pid if running else None,
                 started_at=self._started_at,
                 start_seconds=round(self._start_seconds, 3) if self._start_seconds else None,
                 log=str(self._log_path) if self._log_path else None,
                 # where the token is (0600), never the token itself
-                token_file=str(self._secret_dir / "kernel_gateway_config.json")
-                if running and self._secret_dir
+                token_file=str(self._work_dir / _CONFIG_FILE)
+                if running and self._work_dir
                 else None,
             ),
         )
