@@ -1,11 +1,11 @@
-"""Shared fixtures. Integration tests use a real Kernel Gateway and real ipykernels."""
+"""Shared fixtures. Integration tests use a real Kernel Gateway and real ipykernels.
+
+Only fixtures here; helpers to import live in tests/helpers.py and tests/mcp_client.py."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 
 from jlabgw.cluster.backends import LocalBackend
-from jlabgw.config import Settings, load_settings
+from jlabgw.config import Settings
+
+# PYTHON and server_env are re-exported (and make_settings used here): test_ssh.py,
+# test_batch.py, test_batch_job.py, test_local_backend.py and test_slurm_job.py still import
+# them from tests.conftest. New code imports them from tests.helpers.
+from tests.helpers import PYTHON, make_settings, server_env  # noqa: F401
 from tests.slurm import SlurmCluster
 from tests.slurm import unavailable_reason as slurm_unavailable_reason
 from tests.sshd import SSHDServer, unavailable_reason
@@ -22,20 +27,6 @@ from tests.sshd import SSHDServer, unavailable_reason
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def make_settings(root: Path, **extra: str) -> Settings:
-    """Settings under ``root``; an empty config file so the user's own config never leaks in."""
-    root.mkdir(parents=True, exist_ok=True)
-    empty = root / "empty-config.toml"
-    empty.touch()
-    env = {
-        "JLABGW_NOTEBOOK_DIR": str(root / "notebooks"),
-        "JLABGW_STATE_DIR": str(root / "state"),
-        "JLABGW_CONFIG": str(empty),
-        **{f"JLABGW_{k.upper()}": v for k, v in extra.items()},
-    }
-    return load_settings(environ=env)
 
 
 @pytest.fixture
@@ -50,24 +41,6 @@ def shared_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBa
     asyncio.run(backend.start())
     yield backend
     backend.close_now()
-
-
-def server_env(root: Path, **extra: str) -> dict[str, str]:
-    """Environment for a jlabgw server subprocess: a clean one, as MCP clients give."""
-    empty = root / "empty-config.toml"
-    empty.touch()
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", str(root)),
-        "JLABGW_CONFIG": str(empty),
-        "JLABGW_NOTEBOOK_DIR": str(root / "notebooks"),
-        "JLABGW_STATE_DIR": str(root / "state"),
-        "JLABGW_LOG_LEVEL": "INFO",
-        **extra,
-    }
-
-
-PYTHON = sys.executable
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,62 @@
-"""Small helpers for integration tests: process lookup via /proc, bounded waiting."""
+"""Helpers shared by tests and benchmarks: settings and server environments, process lookup
+via /proc, bounded waiting, notebooks on disk. Fixtures live in conftest.py; the MCP-over-stdio
+client helpers in mcp_client.py."""
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from jlabgw.config import Settings, load_settings
+
+PYTHON = sys.executable
+
+# a 1x1 PNG shown with IPython.display: an image output without matplotlib
+PNG_CODE = """
+import base64, struct, zlib
+from IPython.display import Image, display
+def chunk(k, d):
+    return struct.pack('>I', len(d)) + k + d + struct.pack('>I', zlib.crc32(k + d))
+png = (b'\\x89PNG\\r\\n\\x1a\\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 1, 1, 8, 2, 0, 0, 0))
+       + chunk(b'IDAT', zlib.compress(b'\\x00\\xff\\x00\\x00')) + chunk(b'IEND', b''))
+display(Image(data=png))
+"""
+
+
+def make_settings(root: Path, **extra: str) -> Settings:
+    """Settings under ``root``; an empty config file so the user's own config never leaks in."""
+    root.mkdir(parents=True, exist_ok=True)
+    empty = root / "empty-config.toml"
+    empty.touch()
+    env = {
+        "JLABGW_NOTEBOOK_DIR": str(root / "notebooks"),
+        "JLABGW_STATE_DIR": str(root / "state"),
+        "JLABGW_CONFIG": str(empty),
+        **{f"JLABGW_{k.upper()}": v for k, v in extra.items()},
+    }
+    return load_settings(environ=env)
+
+
+def server_env(root: Path, **extra: str) -> dict[str, str]:
+    """Environment for a jlabgw server subprocess: a clean one, as MCP clients give."""
+    empty = root / "empty-config.toml"
+    empty.touch()
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", str(root)),
+        "JLABGW_CONFIG": str(empty),
+        "JLABGW_NOTEBOOK_DIR": str(root / "notebooks"),
+        "JLABGW_STATE_DIR": str(root / "state"),
+        "JLABGW_LOG_LEVEL": "INFO",
+        **extra,
+    }
 
 
 def free_port() -> int:
@@ -73,3 +124,18 @@ def listening_addresses(port: int) -> set[str]:
             words = b"".join(raw[i : i + 4][::-1] for i in range(0, width, 4))
             found.add(str(ipaddress.ip_address(words)))
     return found
+
+
+def notebook_cells(path: str, count: int) -> list[Any]:
+    """Cells on disk once the writer has caught up (it coalesces for a fraction of a second)."""
+
+    def ready() -> bool:
+        try:
+            return len(nbformat.read(path, as_version=4).cells) >= count
+        except (OSError, ValueError):
+            return False
+
+    assert wait_until(ready, timeout=10), f"{path} never reached {count} cells"
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    return list(nb.cells)

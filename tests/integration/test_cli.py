@@ -10,8 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.conftest import PYTHON, server_env
-from tests.helpers import wait_until
+from tests.helpers import PYTHON, server_env, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from jlabgw.cluster.backends import LocalBackend
 from jlabgw.errors import NotebookError
 from jlabgw.notebook.text import outputs_to_text
 from jlabgw.sessions.manager import SessionManager
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

@@ -25,8 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jlabgw.mcp.server import TOOLS, build_server
-from tests.conftest import PYTHON, make_settings, server_env
-from tests.helpers import wait_until
+from tests.helpers import PYTHON, make_settings, server_env, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,21 +10,14 @@ import base64
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TextIO
 
 import anyio
-import nbformat
 import pytest
-from mcp import Client, StdioServerParameters
-from mcp.client.stdio import stdio_client
-from mcp.types import ImageContent, TextContent
+from mcp.types import ImageContent
 
-from tests.conftest import PYTHON, server_env
-from tests.helpers import pids_matching, wait_until
-from tests.integration.test_sessions import PNG_CODE
+from tests.helpers import PNG_CODE, notebook_cells, pids_matching, wait_until
+from tests.mcp_client import call, new_session, serve, status, text_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -42,51 +35,6 @@ TOOLS = {
     "interrupt_kernel",
     "restart_kernel",
 }
-
-
-@asynccontextmanager
-async def serve(
-    root: Path, errlog: TextIO, mode: str = "legacy", **env: str
-) -> AsyncIterator[Client]:
-    params = StdioServerParameters(
-        command=PYTHON, args=["-m", "jlabgw", "serve"], env=server_env(root, **env)
-    )
-    async with Client(stdio_client(params, errlog=errlog), mode=mode) as client:  # type: ignore[arg-type]
-        yield client
-
-
-async def call(client: Client, tool: str, **args: Any) -> Any:
-    return await client.call_tool(tool, args)
-
-
-async def new_session(client: Client, name: str) -> str:
-    started = await call(client, "start_new_session", experiment_name=name)
-    assert not started.is_error, started
-    return str(started.structured_content["session_id"])
-
-
-def text_of(result: Any) -> str:
-    return "".join(b.text for b in result.content if isinstance(b, TextContent))
-
-
-async def status(client: Client) -> dict[str, Any]:
-    res = await client.read_resource("jlabgw://server/status")
-    return json.loads(res.contents[0].text)
-
-
-def notebook_cells(path: str, count: int) -> list[Any]:
-    """Cells on disk once the writer has caught up (it coalesces for a fraction of a second)."""
-
-    def ready() -> bool:
-        try:
-            return len(nbformat.read(path, as_version=4).cells) >= count
-        except (OSError, ValueError):
-            return False
-
-    assert wait_until(ready, timeout=10), f"{path} never reached {count} cells"
-    nb = nbformat.read(path, as_version=4)
-    nbformat.validate(nb)
-    return list(nb.cells)
 
 
 async def test_full_session_over_stdio(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from jlabgw.cluster.backends import LocalBackend
 from jlabgw.sessions.manager import SessionManager
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

@@ -12,7 +12,7 @@ from fastmcp.exceptions import ToolError
 from mcp.types import TextContent
 
 from jlabgw.mcp.server import TOOLS, build_server
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

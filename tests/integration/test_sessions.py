@@ -26,19 +26,9 @@ from jlabgw.errors import (
 from jlabgw.jupyter.rest import GatewayClient
 from jlabgw.notebook.text import outputs_to_text
 from jlabgw.sessions.manager import SessionManager
-from tests.conftest import make_settings
+from tests.helpers import PNG_CODE, make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
-
-PNG_CODE = """
-import base64, struct, zlib
-from IPython.display import Image, display
-def chunk(k, d):
-    return struct.pack('>I', len(d)) + k + d + struct.pack('>I', zlib.crc32(k + d))
-png = (b'\\x89PNG\\r\\n\\x1a\\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 1, 1, 8, 2, 0, 0, 0))
-       + chunk(b'IDAT', zlib.compress(b'\\x00\\xff\\x00\\x00')) + chunk(b'IEND', b''))
-display(Image(data=png))
-"""
 
 
 async def started(manager: SessionManager, sid: str, marker: str, timeout: float = 30) -> None:

@@ -17,9 +17,8 @@ from typing import Any
 import nbformat
 import pytest
 
-from tests.conftest import server_env
-from tests.helpers import wait_until
-from tests.integration.test_mcp_stdio import call, new_session, serve, status, text_of
+from tests.helpers import PYTHON, server_env, wait_until
+from tests.mcp_client import body, call, new_session, poll_to_the_end, serve, status, text_of
 from tests.slurm import SlurmCluster
 from tests.sshd import SSHDServer
 
@@ -217,8 +216,6 @@ def alive(pid: int) -> bool:
 
 
 def jlabgw_status(tmp_path: Path, env: dict[str, str]) -> str:
-    from tests.conftest import PYTHON, server_env
-
     return subprocess.run(
         [PYTHON, "-m", "jlabgw", "status"],
         capture_output=True,
@@ -375,8 +372,6 @@ async def test_submission_over_ssh_as_the_cluster_user(
 async def test_long_cell_and_ten_megabytes_through_the_tunnel(
     tmp_path: Path, slurm: SlurmCluster, sshd: SSHDServer
 ) -> None:
-    from tests.integration.test_workloads import body, poll_to_the_end
-
     env = slurm_env(tmp_path, slurm, sshd, JLABGW_JOB_NAME="jlabgw-workload", JLABGW_EXEC_WAIT="2")
     code = (
         "import time\nfor i in range(8):\n    print(f'tick {i}', flush=True)\n    time.sleep(1)\n"
@@ -547,8 +542,6 @@ def test_tunnel_command_starts_a_job_shows_progress_and_forwards(
     import time
     import urllib.request
 
-    from tests.conftest import PYTHON
-
     env = server_env(tmp_path, **slurm_env(tmp_path, slurm, sshd, JLABGW_JOB_NAME="jlabgw-tun"))
     with (
         (tmp_path / "tunnel.err").open("w") as err,
@@ -603,8 +596,6 @@ def test_tunnel_command_starts_a_job_shows_progress_and_forwards(
 
 
 def doctor(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    from tests.conftest import PYTHON
-
     return subprocess.run(
         [PYTHON, "-m", "jlabgw", "doctor"],
         capture_output=True,

@@ -9,37 +9,16 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
-from typing import Any
 
 import nbformat
 import pytest
 from mcp.types import ImageContent, TextContent
 from PIL import Image
 
-from tests.integration.test_mcp_stdio import call, new_session, notebook_cells, serve, text_of
+from tests.helpers import notebook_cells
+from tests.mcp_client import body, call, new_session, poll_to_the_end, serve, text_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
-
-
-async def poll_to_the_end(client: Any, sid: str, first: Any, limit: int = 60) -> list[Any]:
-    """execute_code's first report, then get_execution until the cell finished (bounded)."""
-    reports = [first]
-    for _ in range(limit):
-        if reports[-1].meta["status"] not in ("running", "queued"):
-            return reports
-        execution_id = first.meta["execution_id"]
-        reports.append(
-            await call(client, "get_execution", session_id=sid, execution_id=execution_id)
-        )
-    raise AssertionError(f"still running after {limit} reports")
-
-
-def body(result: Any) -> str:
-    """The cell's text in a report, without jlabgw's bracketed status footer."""
-    text = text_of(result)
-    for footer in ("\n[still running after", "\n[finished after"):
-        text = text.split(footer, 1)[0]
-    return "" if text == "(no new output)" else text
 
 
 async def test_a_90_second_cell_is_followed_to_the_end_with_nothing_lost(

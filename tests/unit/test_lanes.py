@@ -8,7 +8,7 @@ import pytest
 
 from jlabgw.errors import ConfigError
 from jlabgw.sessions.lanes import shape_of
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 
 def test_same_resources_same_shape_and_defaults_do_not_count(tmp_path: Path) -> None:
