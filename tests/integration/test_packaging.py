@@ -71,7 +71,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path: Path) -> None:
     where = run(
         str(python),
         "-c",
-        "import jlabgw, jlabgw.batch as b; print(jlabgw.__file__); "
+        "import jlabgw, jlabgw.cluster.slurm.batch as b; print(jlabgw.__file__); "
         "print(len(b.default_template()) > 0, b.__file__)",
     )
     assert where.returncode == 0, where.stderr
