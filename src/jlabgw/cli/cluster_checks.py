@@ -1,0 +1,207 @@
+"""``jlabgw doctor`` for the SLURM backend: the batch script renders and parses; SSH to the
+login node works (host key, authentication, agent); sbatch and squeue answer there; the
+connection dir is writable with safe modes; the remote set-up gives a Python with Kernel
+Gateway, ipykernel and the kernel spec."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from typing import Any
+
+from jlabgw.cli.checks import Failed, Mark, Steps
+from jlabgw.config import Settings
+from jlabgw.errors import JlabgwError
+
+__all__ = ["CLUSTER_STEPS"]
+
+
+def _ssh_login(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
+    from jlabgw.cluster.host import LocalHost, SSHHost
+    from jlabgw.cluster.ssh.connection import SSHConnection
+
+    if not settings.ssh_host:
+        context["host"] = LocalHost()
+        return "ok", "JLABGW_SSH_HOST is empty: SLURM commands run on this machine"
+    connection = SSHConnection(settings.ssh_host, settings)
+    try:
+        connection.transport  # noqa: B018 - connect now: this is the check
+    except JlabgwError:
+        connection.close()
+        raise
+    context["host"] = SSHHost(connection)
+    spec = connection.spec
+    hops = f" via {settings.ssh_host!r}'s ProxyJump/ProxyCommand" if _has_proxy(spec) else ""
+    return "ok", (f"{spec.label}{hops}: host key matches {settings.known_hosts}, authenticated")
+
+
+def _has_proxy(spec: Any) -> bool:
+    return bool(spec.proxy_jump or spec.proxy_command)
+
+
+def _ssh_agent(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
+    if not settings.ssh_host:
+        return "ok", "not needed: no SSH to a login node"
+    sock = os.environ.get("SSH_AUTH_SOCK")
+    if not sock:
+        return "warn", (
+            "SSH_AUTH_SOCK is not set: fine for a key without a passphrase; a key with one "
+            "needs the agent (Claude Desktop does not pass SSH_AUTH_SOCK unless its config's "
+            "env sets it)"
+        )
+    import paramiko
+
+    try:
+        keys = paramiko.Agent().get_keys()
+    except paramiko.SSHException as exc:
+        return "warn", f"SSH_AUTH_SOCK={sock} does not answer: {exc}"
+    return "ok", f"ssh-agent at {sock} holds {len(keys)} key(s)"
+
+
+def _slurm_commands(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
+    host = context["host"]
+    versions = []
+    for command in ("sbatch", "squeue", "scancel"):
+        result = host.run([command, "--version"], check=False, timeout=60)
+        if result.returncode != 0:
+            raise Failed(
+                f"`{command} --version` failed on {host.where} (exit {result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()[:300]}",
+                "SLURM's commands must be on the PATH of a non-interactive shell there: "
+                "load their module from ~/.bashrc (before its 'not interactive' return), or "
+                "ask the site where they are",
+            )
+        versions.append(result.stdout.strip())
+    queue = host.run(["sh", "-c", 'squeue -h -u "$(id -un)" -o %i'], check=False, timeout=60)
+    if queue.returncode != 0:
+        raise Failed(
+            f"squeue cannot reach the controller from {host.where}: {queue.stderr.strip()[:300]}",
+            "check that slurmctld is up and SLURM_CONF (if the site uses one) is set there",
+        )
+    jobs = len(queue.stdout.split())
+    return "ok", f"{versions[0]} on {host.where}; squeue answers ({jobs} job(s) of yours)"
+
+
+def _connection_dir(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
+    from jlabgw.cluster.host import expand_home
+
+    host = context["host"]
+    directory = expand_home(host, settings.connection_dir)
+    made = host.run(["mkdir", "-p", "-m", "700", directory], check=False, timeout=60)
+    if made.returncode != 0:
+        raise Failed(
+            f"cannot create {directory} on {host.where}: {made.stderr.strip()[:300]}",
+            "set JLABGW_CONNECTION_DIR to a directory on the cluster's shared file system "
+            "that you own (the job writes its connection file there)",
+        )
+    info = host.stat(directory)
+    mode = info.mode if info else 0
+    if mode & 0o077:
+        raise Failed(
+            f"{directory} on {host.where} has mode {mode:o}: others could read tokens there",
+            f"chmod 700 {directory} (on {host.where})",
+        )
+    probe = f"{directory}/.jlabgw-doctor-{os.getpid()}"
+    host.write_bytes(probe, b"probe", mode=0o600)
+    written = host.stat(probe)
+    host.run(["rm", "-f", probe], check=False, timeout=60)
+    if written is None or written.mode != 0o600:
+        raise Failed(
+            f"a file written to {directory} got mode "
+            f"{'missing' if written is None else oct(written.mode)}, not 600",
+            "use a local or shared file system that keeps POSIX modes for JLABGW_CONNECTION_DIR",
+        )
+    return "ok", f"{directory} on {host.where} is writable, mode {mode:o}; files get 600"
+
+
+_PROBE = (
+    "import json, sys\n"
+    "out = {'python': sys.executable, 'version': sys.version.split()[0]}\n"
+    "for name in ('kernel_gateway', 'ipykernel'):\n"
+    "    try:\n"
+    "        out[name] = __import__(name).__version__\n"
+    "    except Exception as exc:\n"
+    "        out[name] = None\n"
+    "try:\n"
+    "    from jupyter_client.kernelspec import KernelSpecManager\n"
+    "    out['kernelspecs'] = sorted(KernelSpecManager().find_kernel_specs())\n"
+    "except Exception:\n"
+    "    out['kernelspecs'] = []\n"
+    "print('JLABGW-PROBE ' + json.dumps(out))\n"
+)
+
+
+def _remote_python(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
+    host = context["host"]
+    script = (
+        f'{settings.remote_setup}\nexec "${{JLABGW_PYTHON:-python3}}" -c {shlex.quote(_PROBE)}\n'
+    )
+    result = host.run(["bash", "-c", script], check=False, timeout=300)
+    line = next((x for x in result.stdout.splitlines() if x.startswith("JLABGW-PROBE ")), None)
+    setup_fix = (
+        "set JLABGW_REMOTE_SETUP to the shell lines that give a Python with "
+        "jupyter-kernel-gateway and ipykernel in the job, e.g. 'module load python/3.11' "
+        "and 'source ~/envs/jlabgw/bin/activate' (create it once with: python3 -m venv "
+        "~/envs/jlabgw && ~/envs/jlabgw/bin/pip install jupyter-kernel-gateway ipykernel)"
+    )
+    if line is None:
+        raise Failed(
+            f"the set-up and python3 failed on {host.where} (exit {result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()[-300:]}",
+            setup_fix,
+        )
+    found = json.loads(line.removeprefix("JLABGW-PROBE "))
+    missing = [n for n in ("kernel_gateway", "ipykernel") if not found.get(n)]
+    if missing:
+        raise Failed(
+            f"{found['python']} (Python {found['version']}) on {host.where} lacks "
+            f"{', '.join(missing)}",
+            setup_fix,
+        )
+    if settings.kernel_name not in found.get("kernelspecs", []):
+        raise Failed(
+            f"no kernel spec {settings.kernel_name!r} for {found['python']} (available: "
+            f"{', '.join(found.get('kernelspecs', [])) or 'none'})",
+            "set JLABGW_KERNEL_NAME to one of those, or install it there "
+            f"({found['python']} -m ipykernel install --user --name {settings.kernel_name})",
+        )
+    context["python"] = found
+    return "ok", (
+        f"{found['python']} (Python {found['version']}) on {host.where}: Kernel Gateway "
+        f"{found['kernel_gateway']}, ipykernel {found['ipykernel']}, kernel spec "
+        f"{settings.kernel_name!r}. (Checked on the login node; compute nodes usually share "
+        "its software.)"
+    )
+
+
+def _batch_script(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
+    from jlabgw.cluster.slurm.batch import render_batch_script, sbatch_directives
+
+    script = render_batch_script(settings)
+    bash = shutil.which("bash")
+    if bash is not None:
+        parsed = subprocess.run(
+            [bash, "-n"], input=script, capture_output=True, text=True, timeout=30, check=False
+        )
+        if parsed.returncode != 0:
+            raise Failed(
+                f"the rendered script does not parse: {parsed.stderr.strip()[:300]}",
+                "check JLABGW_REMOTE_SETUP and JLABGW_BATCH_TEMPLATE for unbalanced quotes "
+                "or if/fi",
+            )
+    directives = " ".join(line.removeprefix("#SBATCH ") for line in sbatch_directives(settings))
+    source = settings.batch_template or "the built-in template"
+    return "ok", f"{source} renders ({len(script.splitlines())} lines): {directives}"
+
+
+CLUSTER_STEPS: Steps = [
+    ("batch script", _batch_script, ()),
+    ("ssh login", _ssh_login, ()),
+    ("ssh agent", _ssh_agent, ()),
+    ("slurm commands", _slurm_commands, ("ssh login",)),
+    ("connection dir", _connection_dir, ("ssh login",)),
+    ("remote python", _remote_python, ("ssh login",)),
+]
