@@ -2,13 +2,15 @@
 
 Sessions that ask for the same resources (partition, GPUs, CPUs, memory, time) share a job;
 a new shape gets a job of its own, submitted under the configured job name plus a short hash
-of the shape. The default lane is the configured backend itself, created by the caller.
+of the shape. The default lane (key "") is the configured backend itself, created by the caller;
+the others are the session manager's own and end with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,11 +19,14 @@ from pydantic import ValidationError
 
 from jlabgw.cluster.backends import Backend, create_backend
 from jlabgw.config import Settings
-from jlabgw.errors import ConfigError
+from jlabgw.errors import ConfigError, JlabgwError
 from jlabgw.jupyter.rest import GatewayClient
 from jlabgw.progress import Progress
+from jlabgw.sessions.status import LaneStatus
 
-__all__ = ["RESOURCE_KEYS", "Lane", "create_lane", "shape_of"]
+__all__ = ["RESOURCE_KEYS", "Lane", "Lanes", "shape_of"]
+
+log = logging.getLogger(__name__)
 
 
 # tool parameter -> setting
@@ -121,5 +126,61 @@ def shape_of(settings: Settings, resources: Mapping[str, Any]) -> tuple[str, Set
     return key, shaped
 
 
-def create_lane(settings: Settings, on_new_gateway: Callable[[], None]) -> Lane:
-    return Lane(create_backend(settings), on_new_gateway)
+class Lanes:
+    """A session manager's lanes by key: "" (the configured backend) and each shape asked for."""
+
+    def __init__(
+        self, settings: Settings, backend: Backend, on_new_gateway: Callable[[], None]
+    ) -> None:
+        self._settings = settings
+        self._on_new_gateway = on_new_gateway
+        self._lanes: dict[str, Lane] = {"": Lane(backend, on_new_gateway)}
+        self._lock = asyncio.Lock()
+
+    def backend(self, lane: str = "") -> Backend:
+        return self._lanes[lane].backend
+
+    async def gateway(self, progress: Progress | None = None, lane: str = "") -> GatewayClient:
+        """The REST client for a lane's gateway, starting the gateway (the job) if needed."""
+        return await self._lanes[lane].gateway(progress)
+
+    async def kernelspecs(self, lane: str = "") -> dict[str, Any]:
+        return await self._lanes[lane].kernelspecs()
+
+    async def lane_for(self, resources: Mapping[str, Any] | None) -> str:
+        """The lane for a resource request, created (not started) if new."""
+        if not resources or all(v is None for v in resources.values()):
+            return ""
+        default = self.backend()
+        if not default.supports_resources:
+            raise ConfigError(
+                "resource requests (partition, gpus, cpus, mem, time) need the slurm backend; "
+                f"this server uses {default.name!r} (JLABGW_BACKEND)"
+            )
+        key, shaped = shape_of(self._settings, resources)
+        async with self._lock:
+            if key not in self._lanes:
+                self._lanes[key] = Lane(create_backend(shaped), self._on_new_gateway)
+                log.info("new resource shape %s: job %s", key, shaped.job_name)
+        return key
+
+    def jobs(self, session_lanes: list[str]) -> list[LaneStatus]:
+        """Each lane's job and how many sessions use it (``session_lanes``: one key per
+        session); nothing for a backend without resource shapes."""
+        if not self.backend().supports_resources:
+            return []
+        return [
+            LaneStatus(key or "default", lane.backend.describe().job, session_lanes.count(key))
+            for key, lane in self._lanes.items()
+        ]
+
+    async def aclose(self) -> None:
+        """Close the gateway clients and stop the shaped jobs (the default one is the
+        caller's)."""
+        for key, lane in list(self._lanes.items()):
+            await lane.aclose_client()
+            if key:
+                try:
+                    await lane.backend.aclose()
+                except JlabgwError as exc:
+                    log.warning("stopping the job for %s: %s", key, exc)

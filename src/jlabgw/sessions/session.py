@@ -1,0 +1,190 @@
+"""A session: a kernel on a gateway plus the notebook that records it, its three views, and
+the table of a manager's sessions.
+
+* :meth:`Session.describe`: its typed status (``list_sessions``, the state file);
+* :meth:`Session.record`: what the registry keeps for the next server to take it back, read
+  again by :meth:`Session.from_record`;
+* :meth:`Session.info`: what the tools that open a session return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jlabgw.errors import (
+    SessionBusyError,
+    SessionLostError,
+    UnknownExecutionError,
+    UnknownSessionError,
+)
+from jlabgw.notebook.document import NotebookDoc
+from jlabgw.notebook.recorder import DisplayIndex
+from jlabgw.sessions.execution import Execution
+from jlabgw.sessions.kernels import Connection
+from jlabgw.sessions.status import SessionStatus
+
+__all__ = ["Session", "SessionTable", "notebook_kernel"]
+
+
+@dataclass
+class Session:
+    id: str
+    experiment_name: str
+    kernel_id: str
+    kernel_name: str
+    conn: Connection
+    doc: NotebookDoc
+    created_at: float = field(default_factory=time.time)
+    displays: DisplayIndex = field(default_factory=DisplayIndex)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # held by the cell that runs
+    executions: int = 0
+    runs: dict[str, Execution] = field(default_factory=dict)  # recent executions, oldest first
+    lane: str = ""  # the resource shape whose job runs the kernel ("": the default job)
+    # waiting for the gateway, then the kernel's start until it answered kernel_info
+    start_seconds: dict[str, float] = field(default_factory=dict)
+
+    def busy_with(self) -> Execution | None:
+        """The execution running or queued here, if any (the oldest such)."""
+        return next((e for e in self.runs.values() if not e.done), None)
+
+    def find_run(self, execution_id: str | None) -> Execution:
+        """A recent execution by id (None: the latest); the error lists the recent ones."""
+        if not self.runs:
+            raise UnknownExecutionError(
+                f"session {self.id} has not run any code yet; execute_code runs some"
+            )
+        if execution_id is None:
+            return next(reversed(self.runs.values()))
+        if execution_id in self.runs:
+            return self.runs[execution_id]
+        known = ", ".join(self.runs)
+        raise UnknownExecutionError(
+            f"unknown execution_id {execution_id!r} in session {self.id} (recent: "
+            f"{known}); omit execution_id for the latest"
+        )
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def describe(self) -> SessionStatus:
+        return SessionStatus(
+            session_id=self.id,
+            experiment_name=self.experiment_name,
+            kernel_id=self.kernel_id,
+            kernel_name=self.kernel_name,
+            notebook_path=str(self.doc.path),
+            cells=len(self.doc.nb.cells),
+            executions=self.executions,
+            state="busy" if self.lock.locked() else "idle",
+            created_at=self.created_at,
+            start_seconds=self.start_seconds,
+            notebook_write_error=self.doc.write_error,
+            resources=self.lane or "default",
+        )
+
+    def record(self) -> dict[str, Any]:
+        """The registry's record: enough to reconnect to the kernel and to the running cell."""
+        running = self.busy_with()
+        return {
+            "session_id": self.id,
+            "experiment_name": self.experiment_name,
+            "kernel_id": self.kernel_id,
+            "kernel_name": self.kernel_name,
+            "ws_session_id": self.conn.session_id,
+            "notebook_path": str(self.doc.path),
+            "executions": self.executions,
+            "running": {
+                "execution_id": running.id,
+                "msg_id": running.msg_id,
+                "cell_index": running.cell_index,
+            }
+            if running is not None and running.msg_id
+            else None,
+        }
+
+    @classmethod
+    def from_record(
+        cls, record: dict[str, Any], conn: Connection, doc: NotebookDoc, default_kernel: str
+    ) -> Session:
+        """The session a :meth:`record` describes, on ``conn`` and ``doc`` (its running cell,
+        if any, is for the caller to adopt)."""
+        return cls(
+            id=str(record["session_id"]),
+            experiment_name=str(record.get("experiment_name", "")),
+            kernel_id=str(record["kernel_id"]),
+            kernel_name=str(record.get("kernel_name", default_kernel)),
+            conn=conn,
+            doc=doc,
+            executions=int(record.get("executions", 0)),
+        )
+
+    def info(self, backend: str, **extra: Any) -> dict[str, Any]:
+        """What starting (resuming, continuing) this session returns to the caller."""
+        return {
+            "session_id": self.id,
+            "notebook_path": str(self.doc.path),
+            "kernel_id": self.kernel_id,
+            "kernel_name": self.kernel_name,
+            "backend": backend,
+            **({"resources": self.lane} if self.lane else {}),
+            **extra,
+        }
+
+
+class SessionTable:
+    """A manager's sessions by id, and why earlier servers' sessions could not be kept."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Session] = {}
+        self._gone: dict[str, str] = {}  # session id -> why a previous server's session is gone
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._by_id.values()))
+
+    def add(self, session: Session) -> None:
+        self._by_id[session.id] = session
+
+    def remove(self, session_id: str) -> Session | None:
+        return self._by_id.pop(session_id, None)
+
+    def clear(self) -> None:
+        self._by_id.clear()
+
+    def mark_gone(self, session_id: str, why: str) -> None:
+        """A session of a previous server that is gone: :meth:`get` raises ``why``."""
+        self._gone[session_id] = why
+
+    def get(self, session_id: str) -> Session:
+        try:
+            return self._by_id[session_id]
+        except KeyError:
+            if session_id in self._gone:
+                raise SessionLostError(self._gone[session_id]) from None
+            known = ", ".join(sorted(self._by_id)) or "none"
+            raise UnknownSessionError(
+                f"unknown session_id {session_id!r} (running sessions: {known}). Start one with "
+                "start_new_session, or reopen a notebook with start_session_resume_notebook"
+            ) from None
+
+    def holder_of(self, path: Path) -> Session | None:
+        """The session whose notebook is ``path``, if any."""
+        return next((s for s in self._by_id.values() if s.doc.path == path), None)
+
+    def refuse_if_held(self, path: Path) -> None:
+        holder = self.holder_of(path)
+        if holder is not None:
+            raise SessionBusyError(
+                f"{path.name} is already open in session {holder.id}; keep using that session, "
+                "or shutdown_session it first (start_session_continue_notebook forks a copy)"
+            )
+
+
+def notebook_kernel(nb: Any) -> str | None:
+    """The kernel spec a notebook names in its metadata, if any."""
+    spec = nb.metadata.get("kernelspec") or {}
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return str(name) if name else None
