@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -24,10 +23,11 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from jlabgw.cluster.backends.base import Backend
 from jlabgw.cluster.backends.status import BackendStatus, GatewayStatus
+from jlabgw.cluster.connection_file import GatewayInfo
 from jlabgw.config import Settings
 from jlabgw.errors import GatewayStartError
 from jlabgw.fsutil import ensure_private_dir
@@ -138,10 +138,9 @@ class LocalBackend(Backend):
                 f"(full log: {self._log_path}). Check that jupyter-kernel-gateway and ipykernel "
                 f"are installed in {sys.executable}."
             )
-        token = str(info["token"])
-        register_secret(token)
-        endpoint = GatewayEndpoint(url=f"http://127.0.0.1:{int(info['port'])}", token=token)
-        self._gateway_pid = int(info["gateway_pid"])
+        register_secret(info.token)
+        endpoint = GatewayEndpoint(url=f"http://127.0.0.1:{info.port}", token=info.token)
+        self._gateway_pid = info.gateway_pid
         self._start_seconds = time.monotonic() - t0
         self._started_at = time.time()
         log.info(
@@ -152,7 +151,7 @@ class LocalBackend(Backend):
         )
         return endpoint
 
-    async def _wait_ready(self, t0: float) -> dict[str, Any] | str:
+    async def _wait_ready(self, t0: float) -> GatewayInfo | str:
         """The connection file, once the supervisor has written it; else why there is none."""
         assert self._proc is not None
         assert self._work_dir is not None
@@ -163,8 +162,7 @@ class LocalBackend(Backend):
             if code is not None:
                 return f"its supervisor exited with code {code}: {self._log_tail()}"
             try:
-                info: dict[str, Any] = json.loads(path.read_bytes())  # written atomically
-                return info
+                return GatewayInfo.parse(path.read_bytes())  # written atomically
             except FileNotFoundError:
                 await asyncio.sleep(_POLL_INTERVAL)
         return (

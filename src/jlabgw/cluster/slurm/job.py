@@ -1,0 +1,249 @@
+"""One batch job that runs a gateway, seen from the login node: submit or reuse it, wait for it
+in the queue, wait for its connection file, and tell a replaced gateway from a dropped tunnel.
+
+Every command and file goes through one :class:`~jlabgw.cluster.host.Host` (here, or the login
+node over SSH), which is what tests replace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+
+from jlabgw.cluster.connection_file import GatewayInfo, JobFiles, read_connection_file
+from jlabgw.cluster.host import Host, expand_home, host_for
+from jlabgw.cluster.slurm.batch import render_batch_script
+from jlabgw.cluster.slurm.client import JobStatus, SlurmClient, hopeless_reason
+from jlabgw.config import Settings
+from jlabgw.errors import BackendError, JlabgwError
+from jlabgw.fsutil import ensure_private_dir, write_private_file
+from jlabgw.progress import Progress
+
+__all__ = ["SlurmJob"]
+
+log = logging.getLogger(__name__)
+
+# squeue while queued: soon after sbatch (an idle node starts the job in ~0.5 s), then less
+# and less often. The connection file is a stat over an open SFTP channel: cheap, so it is
+# polled every 0.1 s at first (the gateway is up ~1.5 s after the job starts); SLURM is asked
+# at most once a second meanwhile whether the job is still alive.
+POLL_START = 0.1
+POLL_MAX = 2.0
+FILE_POLL_MAX = 1.0
+ALIVE_CHECK_EVERY = 1.0
+REPLACE_WAIT = 60.0  # how long a dead gateway's restart in the job may take
+REPLACE_POLL = 0.5
+
+
+class SlurmJob:
+    """This server's batch job (at most one at a time) on ``host``, and the last status seen.
+
+    ``job_id`` is None until :meth:`reuse_or_submit`, and again after :meth:`forget`. The job
+    recorded in ``state_file`` (this machine) is reused while it runs under our job name."""
+
+    def __init__(self, host: Host, settings: Settings, files: JobFiles, state_file: Path) -> None:
+        self.host = host
+        self.slurm = SlurmClient(host)
+        self.files = files
+        self._settings = settings
+        self._state_file = state_file
+        self.job_id: str | None = None
+        self.status: JobStatus | None = None
+
+    @classmethod
+    def on_login_node(cls, settings: Settings) -> SlurmJob:
+        """Connect to the login node (or use this machine) and make the connection dir."""
+        host = host_for(settings)
+        try:
+            conn_dir = expand_home(host, settings.connection_dir)
+            host.run(["mkdir", "-p", "-m", "700", conn_dir])
+        except BaseException:
+            host.close()
+            raise
+        return cls(host, settings, JobFiles(conn_dir), state_file_for(settings))
+
+    @property
+    def where(self) -> str:
+        return self.host.where
+
+    @property
+    def _job(self) -> str:
+        assert self.job_id is not None, "no batch job submitted yet"
+        return self.job_id
+
+    def _log_hint(self) -> str:
+        return f"{self.files.log(self._job)} on {self.where}"
+
+    # -- submit --------------------------------------------------------------------------------
+
+    def reuse_or_submit(self) -> str:
+        """Our recorded job if it still runs (or waits) under our name, else a new one."""
+        recorded = self._recorded_job()
+        if recorded:
+            status = self.slurm.status(recorded)
+            if status.active and status.name == self._settings.job_name:
+                log.info("reusing batch job %s (%s)", recorded, status.state)
+                self.job_id = recorded
+                return recorded
+        script = self.files.script(self._settings.job_name)
+        self.host.write_bytes(script, render_batch_script(self._settings).encode(), mode=0o600)
+        job_id = self.slurm.submit(script, extra_args=[f"--output={self.files.log('%j')}"])
+        log.info("submitted batch job %s on %s", job_id, self.where)
+        ensure_private_dir(self._state_file.parent)
+        write_private_file(
+            self._state_file, json.dumps({"job_id": job_id, "where": self.where}).encode()
+        )
+        self.job_id = job_id
+        return job_id
+
+    def _recorded_job(self) -> str | None:
+        try:
+            data = json.loads(self._state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        job_id = data.get("job_id") if isinstance(data, dict) else None
+        return str(job_id) if job_id else None
+
+    def forget(self) -> None:
+        """The job is gone: the next :meth:`reuse_or_submit` submits a new one."""
+        self._state_file.unlink(missing_ok=True)
+        self.job_id = None
+
+    def cancel_quietly(self) -> None:
+        """``scancel`` the job, ignoring failures (it may have ended already)."""
+        if self.job_id is not None:
+            with contextlib.suppress(JlabgwError):
+                self.slurm.cancel(self.job_id)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def refresh(self) -> JobStatus:
+        """Ask SLURM for the job's state now."""
+        self.status = self.slurm.status(self._job)
+        return self.status
+
+    async def wait_running(self, report: Progress) -> JobStatus:
+        """Until the job runs, reporting why it waits; a job that cannot start is cancelled."""
+        job_id = self._job
+        t0 = time.monotonic()
+        delay = POLL_START
+        while True:
+            status = await asyncio.to_thread(self.refresh)
+            if status.running:
+                return status
+            waited = time.monotonic() - t0
+            if not status.active:
+                raise BackendError(
+                    f"batch job {job_id} ended ({status.state}) before its gateway started; "
+                    f"its log is {self._log_hint()}"
+                )
+            hopeless = hopeless_reason(status)
+            if hopeless or waited > self._settings.queue_timeout:
+                await asyncio.to_thread(self.cancel_quietly)
+                why = hopeless or (
+                    f"still {status.state} after {self._settings.queue_timeout:.0f} s "
+                    "(JLABGW_QUEUE_TIMEOUT)"
+                )
+                raise BackendError(
+                    f"batch job {job_id} cannot start: {why} (SLURM reason: "
+                    f"{status.reason or 'none given'}); it was cancelled. Adjust the "
+                    "JLABGW_SLURM_* settings or try again later"
+                )
+            await report(
+                waited,
+                None,
+                f"job {job_id} {status.state.lower()}: "
+                f"{status.reason or 'waiting'} ({waited:.0f} s)",
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, POLL_MAX)
+
+    async def wait_gateway(self, report: Progress) -> GatewayInfo:
+        """The running job's connection file, once its gateway answers (bounded)."""
+        job_id = self._job
+        path = self.files.connection_file(job_id)
+        await report(0, None, f"job {job_id} running; waiting for its gateway")
+        started = time.monotonic()
+        deadline = started + self._settings.gateway_start_timeout
+        next_alive_check = started + ALIVE_CHECK_EVERY
+        delay = POLL_START
+        while time.monotonic() < deadline:
+            try:
+                info = await asyncio.to_thread(read_connection_file, self.host, path)
+            except ValueError:
+                info = None  # written atomically, so this means a foreign file: wait for ours
+            if info is not None:
+                return info
+            if time.monotonic() >= next_alive_check:
+                status = await asyncio.to_thread(self.refresh)
+                if not status.active:
+                    raise BackendError(
+                        f"batch job {job_id} ended ({status.state}) before its gateway "
+                        f"answered; see {self._log_hint()}"
+                    )
+                next_alive_check = time.monotonic() + ALIVE_CHECK_EVERY
+            await asyncio.sleep(delay)
+            if time.monotonic() - started > 5:  # slower than usual: back off
+                delay = min(delay * 1.5, FILE_POLL_MAX)
+        raise BackendError(
+            f"batch job {job_id} is running but its gateway did not answer within "
+            f"{self._settings.gateway_start_timeout:.0f} s (JLABGW_GATEWAY_START_TIMEOUT); "
+            f"see {self._log_hint()}. Does "
+            "JLABGW_REMOTE_SETUP give a Python with jupyter-kernel-gateway and ipykernel?"
+        )
+
+    def gateway_replaced(self, key: tuple[int, float | None] | None) -> str | None:
+        """Whether the job's supervisor replaced the gateway ``key`` names (it restarts one
+        that died): None if that one is still on record (or nobody can tell), "" if the job
+        ended meanwhile, else why ours is gone. A gateway being restarted has no connection
+        file for a second or two. Blocking: call it from a thread."""
+        job_id = self._job
+        path = self.files.connection_file(job_id)
+        deadline = time.monotonic() + REPLACE_WAIT
+        while True:
+            try:
+                info = read_connection_file(self.host, path)
+            except (OSError, ValueError, JlabgwError) as exc:
+                log.info("cannot read %s to check the gateway: %s", path, exc)
+                return None  # cannot tell; the caller's reconnect schedule decides
+            if info is not None:
+                if info.key == key:
+                    return None
+                what = info.previous_exit or "the gateway stopped"
+                restarts = "?" if info.restarts is None else info.restarts
+                return (
+                    f"{what} in batch job {job_id}, and the job started a new gateway "
+                    f"(restart {restarts})"
+                )
+            if not self.refresh().running:
+                return ""
+            if time.monotonic() > deadline:
+                return (
+                    f"the Kernel Gateway in batch job {job_id} stopped and has not come back "
+                    f"for {REPLACE_WAIT:.0f} s; see {self._log_hint()}"
+                )
+            time.sleep(REPLACE_POLL)
+
+    def walltime_notice(self, warn_seconds: float) -> str | None:
+        """A warning when the job's walltime ends within ``warn_seconds`` (last status seen)."""
+        left = self.status.seconds_left if self.status else None
+        if left is None or left > warn_seconds:
+            return None
+        return (
+            f"batch job {self.job_id} reaches its walltime in about {max(left, 0) // 60} min "
+            f"({self.status.time_left if self.status else '?'} left): its kernels and "
+            "variables will be gone then. Save what matters to files; the notebook is safe, "
+            "and start_session_resume_notebook rebuilds the state on a new job"
+        )
+
+    def close(self) -> None:
+        self.host.close()
+
+
+def state_file_for(settings: Settings) -> Path:
+    """Where this machine records the job of ``settings.job_name`` (to reuse it)."""
+    return settings.state_dir / f"slurm-{settings.job_name}.json"
