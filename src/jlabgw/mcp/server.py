@@ -1,4 +1,6 @@
-"""MCP tool declarations. The work lives in :mod:`jlabgw.sessions`; this module only adapts.
+"""MCP tool declarations and the server's lifespan. The work lives in :mod:`jlabgw.sessions`;
+a cell's result becomes MCP blocks in :mod:`jlabgw.mcp.results`; the text the model reads at
+initialize is :mod:`jlabgw.mcp.instructions`. This module only adapts.
 
 Tool names and parameters match jlab-mcp, so its users switch without editing prompts.
 Errors from :mod:`jlabgw.errors` become MCP error results carrying their message; anything
@@ -19,41 +21,20 @@ import anyio
 from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ToolError
 from fastmcp.tools.base import ToolResult
-from mcp.types import TextContent
 from pydantic import Field
 
 from jlabgw.cluster.backends import Backend, create_backend
 from jlabgw.config import Settings
 from jlabgw.errors import JlabgwError
-from jlabgw.mcp.content import Limits, outputs_to_content
+from jlabgw.mcp.instructions import INSTRUCTIONS
+from jlabgw.mcp.results import execution_result, limits_for, text_result
 from jlabgw.progress import Progress
-from jlabgw.sessions.manager import ExecutionResult, SessionManager
+from jlabgw.sessions.manager import SessionManager
 from jlabgw.sessions.state import ServerStateFile
 
 __all__ = ["build_server"]
 
 log = logging.getLogger(__name__)
-
-INSTRUCTIONS = """\
-jlabgw runs Python (or another Jupyter kernel) in persistent sessions and records every
-executed cell, with its outputs, in a .ipynb notebook. Start with start_new_session, then call
-execute_code repeatedly: variables persist between calls in the same session. Use add_markdown to
-document steps, edit_cell to fix and re-run a cell. To continue earlier work, use
-start_session_resume_notebook (re-runs the notebook to rebuild its state) or
-start_session_continue_notebook (copies it, fresh kernel, nothing re-run). Do not shut sessions
-down unless the user asks: their state is valuable.
-
-Long cells: execute_code returns after about 30 s with the output so far and an execution_id
-while the cell keeps running; call get_execution to receive the rest (it waits for more), and
-interrupt_kernel to stop it. A session runs one cell at a time; different sessions run in
-parallel. Long outputs are shortened in results (the middle is cut); the notebook keeps all.
-
-Other languages: list_kernelspecs shows the kernels available (R, Julia ...); pass one as
-kernel_name to start_new_session. When an error says a session's kernel is gone (the batch job
-ended, the kernel was culled or died), it names the notebook: start_session_resume_notebook
-with that notebook_path rebuilds the state. Errors say what to do next; follow them rather
-than retrying the same call.
-"""
 
 _SHUTDOWN_TIMEOUT = 30.0
 
@@ -104,52 +85,6 @@ def _user_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             raise ToolError(str(exc)) from exc
 
     return wrapper
-
-
-def _limits(ctx: Context) -> Limits:
-    settings = _sessions(ctx).settings
-    return Limits(settings.output_limit, settings.image_max_px, settings.image_max_bytes)
-
-
-def _execution_result(result: ExecutionResult, limits: Limits) -> ToolResult:
-    where = f"cell {result.cell_index} of {result.notebook_path.name}"
-    header = (
-        "[the output was cleared or redrawn since the last report; this is all of it now]\n"
-        if result.redrawn
-        else ""
-    )
-    footer = ""
-    if result.status == "queued":
-        footer = (
-            f"\n[queued behind another execution for {result.elapsed:.0f} s: "
-            f"execution_id={result.execution_id!r}; get_execution follows it]"
-        )
-    elif result.running:
-        footer = (
-            f"\n[still running after {result.elapsed:.0f} s, in {where}: "
-            f"execution_id={result.execution_id!r}. get_execution(session_id, "
-            f"execution_id={result.execution_id!r}) returns the output from here on; "
-            "interrupt_kernel stops it. Its output keeps going into the notebook.]"
-        )
-    elif result.follow_up:
-        footer = (
-            f"\n[finished after {result.elapsed:.0f} s with status {result.status}, "
-            f"execution_count {result.execution_count}, in {where}]"
-        )
-    content = outputs_to_content(result.outputs, limits, where, header=header, footer=footer)
-    content += [TextContent(type="text", text=f"warning: {w}") for w in result.warnings]
-    return ToolResult(
-        content=content,
-        is_error=result.is_error,
-        meta={
-            "execution_id": result.execution_id,
-            "cell_index": result.cell_index,
-            "execution_count": result.execution_count,
-            "status": result.status,
-            "elapsed": round(result.elapsed, 3),
-            "notebook_path": str(result.notebook_path),
-        },
-    )
 
 
 # -- tools -------------------------------------------------------------------------------------
@@ -248,7 +183,7 @@ async def execute_code(
         cell_timeout=timeout,
         queue=queue,
     )
-    return _execution_result(result, _limits(ctx))
+    return execution_result(result, limits_for(manager.settings))
 
 
 async def get_execution(
@@ -278,7 +213,7 @@ async def get_execution(
         _progress(ctx),
         wait=manager.settings.exec_wait if wait is None else wait,
     )
-    return _execution_result(result, _limits(ctx))
+    return execution_result(result, limits_for(manager.settings))
 
 
 async def edit_cell(
@@ -298,8 +233,8 @@ async def edit_cell(
         session_id, cell_index, code, _progress(ctx), wait=manager.settings.exec_wait
     )
     if isinstance(result, str):
-        return ToolResult(content=[TextContent(type="text", text=result)])
-    return _execution_result(result, _limits(ctx))
+        return text_result(result)
+    return execution_result(result, limits_for(manager.settings))
 
 
 async def add_markdown(

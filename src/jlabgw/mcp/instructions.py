@@ -1,0 +1,26 @@
+"""What the server tells the model at initialize: how sessions, long cells and lost kernels work,
+and which tool to reach for. Each tool's own description is its docstring in
+:mod:`jlabgw.mcp.server`."""
+
+__all__ = ["INSTRUCTIONS"]
+
+INSTRUCTIONS = """\
+jlabgw runs Python (or another Jupyter kernel) in persistent sessions and records every
+executed cell, with its outputs, in a .ipynb notebook. Start with start_new_session, then call
+execute_code repeatedly: variables persist between calls in the same session. Use add_markdown to
+document steps, edit_cell to fix and re-run a cell. To continue earlier work, use
+start_session_resume_notebook (re-runs the notebook to rebuild its state) or
+start_session_continue_notebook (copies it, fresh kernel, nothing re-run). Do not shut sessions
+down unless the user asks: their state is valuable.
+
+Long cells: execute_code returns after about 30 s with the output so far and an execution_id
+while the cell keeps running; call get_execution to receive the rest (it waits for more), and
+interrupt_kernel to stop it. A session runs one cell at a time; different sessions run in
+parallel. Long outputs are shortened in results (the middle is cut); the notebook keeps all.
+
+Other languages: list_kernelspecs shows the kernels available (R, Julia ...); pass one as
+kernel_name to start_new_session. When an error says a session's kernel is gone (the batch job
+ended, the kernel was culled or died), it names the notebook: start_session_resume_notebook
+with that notebook_path rebuilds the state. Errors say what to do next; follow them rather
+than retrying the same call.
+"""
