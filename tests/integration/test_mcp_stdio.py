@@ -89,6 +89,8 @@ async def test_full_session_over_stdio(tmp_path: Path) -> None:
             listed = await client.call_tool("list_sessions", {})
             assert [s["session_id"] for s in listed.structured_content["result"]] == [sid]
             state = await status(client)
+            keys = "server_pid backend gateway notebook_dir spare_kernel sessions jobs"
+            assert set(state) >= set(keys.split())
             assert state["backend"] == "local"
             assert state["gateway"]["state"] == "running"
             assert state["sessions"][0]["cells"] == 4
