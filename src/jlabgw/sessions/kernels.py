@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
+from jlabgw.aio import task_succeeded
 from jlabgw.errors import JlabgwError, KernelNotFoundError, KernelSpecError, KernelStartError
 from jlabgw.jupyter.channels import KernelConnection, Message, OnMessage
 from jlabgw.progress import Progress, no_progress
 from jlabgw.sessions.lanes import Lanes
-from jlabgw.sessions.tasks import background, succeeded
+from jlabgw.sessions.tasks import background
 
 __all__ = [
     "Connection",
@@ -240,7 +241,7 @@ class SparePool:
         spare = self.task
         if spare is None:
             return None
-        return "starting" if not spare.done() else "ready" if succeeded(spare) else "failed"
+        return "starting" if not spare.done() else "ready" if task_succeeded(spare) else "failed"
 
     def prepare(self) -> None:
         """Start a kernel ahead, for the next session (no-op if one is there or disabled)."""
@@ -288,7 +289,7 @@ class SparePool:
         return Started(conn, metadata, {"gateway": 0.0, "kernel": round(time.monotonic() - t0, 3)})
 
     def _discard_later(self, spare: asyncio.Task[Started]) -> None:
-        if succeeded(spare):
+        if task_succeeded(spare):
             background(self._starter.discard(spare.result().conn), "discarding a kernel failed")
 
     async def close(self) -> None:

@@ -16,26 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jlabgw.fsutil import ensure_private_dir, write_private_file
+from jlabgw.processes import pid_alive
 from jlabgw.sessions.status import ServerStatus
 
+# pid_alive lives in the foundation (jlabgw.processes); still importable from here
 __all__ = ["ServerState", "ServerStateFile", "pid_alive", "read_server_states"]
 
 log = logging.getLogger(__name__)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs. A zombie (exited, not yet reaped by its parent) counts as dead."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (macOS): kill(0) is all we can know
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 class ServerStateFile:
