@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from jlabgw.errors import ConnectionLostError
-from jlabgw.jupyter import channels as kernel_module
+from jlabgw.jupyter import pending as pending_module
 from jlabgw.jupyter.channels import KernelConnection
 from jlabgw.jupyter.endpoint import GatewayEndpoint
 
@@ -58,7 +58,7 @@ async def peer(script: Script) -> AsyncIterator[GatewayEndpoint]:
 async def test_a_reply_without_idle_completes_after_the_grace(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(kernel_module, "IDLE_GRACE", 0.3)
+    monkeypatch.setattr(pending_module, "IDLE_GRACE", 0.3)
 
     async def no_idle(ws: ServerConnection, req: dict[str, Any]) -> None:
         await ws.send(reply_to(req, "iopub", "status", {"execution_state": "busy"}))
@@ -80,7 +80,7 @@ async def test_a_reply_without_idle_completes_after_the_grace(
 async def test_output_after_the_reply_keeps_the_request_open(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(kernel_module, "IDLE_GRACE", 0.3)
+    monkeypatch.setattr(pending_module, "IDLE_GRACE", 0.3)
 
     async def slow_iopub(ws: ServerConnection, req: dict[str, Any]) -> None:
         await ws.send(
