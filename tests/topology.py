@@ -31,6 +31,7 @@ JOB_VENV = Path(os.environ.get("JLABGW_TEST_JOB_VENV", "/opt/jlabgw-test/job-ven
 LOGIN = "login"
 COMPUTE = ("c1", "c2")
 LOGIN_ADDR = "10.231.0.2"  # the login node as the laptop sees it
+LOGIN_INTERNAL = "10.231.1.1"  # the login node on the cluster network
 NODE_ADDR = {"c1": "10.231.1.11", "c2": "10.231.1.12"}
 LAPTOP_LINK = "jlgw-login"  # the laptop's end of the laptop <-> login veth pair
 
