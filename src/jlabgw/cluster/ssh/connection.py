@@ -1,15 +1,11 @@
 """SSH connections with paramiko, configured the way OpenSSH would configure them.
 
-From the user's ``~/.ssh/config`` (``JLABGW_SSH_CONFIG``) these keywords are honoured:
-``HostName``, ``User``, ``Port``, ``IdentityFile``, ``ProxyJump`` (a comma-separated chain; each
-hop's own config applies, and a direct-tcpip channel from one hop is the socket of the next),
-``ProxyCommand`` (``paramiko.ProxyCommand``: also the way to ride an OpenSSH ControlMaster on
-clusters with two-factor login) and ``ServerAliveInterval``. ``JLABGW_SSH_PORT``/``_USER``/``_KEY``
-override them for the target host.
-
-Host keys are checked against ``known_hosts`` (``JLABGW_KNOWN_HOSTS``), never accepted silently;
-an unknown or changed key fails with the fingerprint and the command that fixes it. Keys come
-from the agent and from key files (encrypted keys through the agent).
+Targets resolve through the user's ``~/.ssh/config`` (:mod:`jlabgw.cluster.ssh.config`: the
+keywords honoured, the ``JLABGW_SSH_*`` overrides, the host-key policy). ``ProxyJump`` is a
+chain: each hop's own config applies, and a direct-tcpip channel from one hop is the socket of
+the next. ``ProxyCommand`` runs through ``paramiko.ProxyCommand`` (also the way to ride an
+OpenSSH ControlMaster on clusters with two-factor login). Keys come from the agent and from
+key files (encrypted keys through the agent).
 
 Every connection gets TCP_NODELAY, keepalives, and one short session channel (``true``):
 OpenSSH's sshd leaves Nagle on for a connection that only forwards, which costs ~40 ms per
@@ -19,59 +15,38 @@ bounded backoff.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
-import getpass
-import hashlib
 import logging
-import re
 import select
 import shlex
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paramiko
 
+from jlabgw.cluster.ssh.config import (
+    HostSpec,
+    RejectUnknownHost,
+    fingerprint,
+    load_ssh_config,
+    resolve_host,
+)
 from jlabgw.config import Settings
 from jlabgw.errors import CommandError, HostKeyError, SSHAuthError, SSHConnectError, SSHError
 
-__all__ = ["CommandResult", "HostSpec", "SSHConnection", "fingerprint", "resolve_host"]
+__all__ = ["CommandResult", "SSHConnection"]
 
 log = logging.getLogger(__name__)
 
 _MAX_HOPS = 8
 _RECONNECT_DELAYS = (0.0, 0.5, 1.0, 2.0, 4.0)  # bounded: five tries, ~7.5 s plus timeouts
-_DEFAULT_KEEPALIVE = 30
-_TARGET = re.compile(r"^(?:(?P<user>[^@]+)@)?(?P<host>\[[^\]]+\]|[^:]+)(?::(?P<port>\d+))?$")
-
-
-@dataclass(frozen=True)
-class HostSpec:
-    """Everything needed to reach one host, resolved from ssh config and overrides."""
-
-    alias: str
-    hostname: str
-    port: int
-    user: str
-    identity_files: tuple[Path, ...] = ()
-    proxy_jump: tuple[str, ...] = ()
-    proxy_command: str | None = None
-    keepalive: int = _DEFAULT_KEEPALIVE
-
-    @property
-    def label(self) -> str:
-        return f"{self.user}@{self.hostname}:{self.port}"
-
-    @property
-    def known_hosts_name(self) -> str:
-        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -80,82 +55,6 @@ class CommandResult:
     returncode: int
     stdout: str
     stderr: str
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """OpenSSH-style SHA256 fingerprint."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
-def load_ssh_config(path: Path) -> paramiko.SSHConfig:
-    if path.is_file():
-        try:
-            return paramiko.SSHConfig.from_path(str(path))
-        except Exception as exc:  # paramiko raises several types for bad lines
-            raise SSHError(f"cannot parse the ssh config {path}: {exc}") from exc
-    return paramiko.SSHConfig()
-
-
-def resolve_host(
-    target: str,
-    config: paramiko.SSHConfig,
-    *,
-    port: int | None = None,
-    user: str | None = None,
-    key: Path | None = None,
-) -> HostSpec:
-    """Resolve ``[user@]host[:port]`` (or a config alias) like ``ssh`` would."""
-    match = _TARGET.match(target.strip())
-    if not match:
-        raise SSHError(f"cannot parse SSH target {target!r}; expected [user@]host[:port]")
-    alias = match["host"].strip("[]")
-    opts: dict[str, Any] = dict(config.lookup(alias))
-    hostname = str(opts.get("hostname", alias))
-    resolved_port = port or (int(match["port"]) if match["port"] else int(opts.get("port", 22)))
-    resolved_user = user or match["user"] or str(opts.get("user") or getpass.getuser())
-    if key is not None:
-        identities: tuple[Path, ...] = (key,)
-    else:
-        identities = tuple(Path(p).expanduser() for p in opts.get("identityfile", []))
-    jump = str(opts.get("proxyjump", "")).strip()
-    command = str(opts.get("proxycommand", "")).strip()
-    return HostSpec(
-        alias=alias,
-        hostname=hostname,
-        port=resolved_port,
-        user=resolved_user,
-        identity_files=identities,
-        proxy_jump=tuple(h.strip() for h in jump.split(",") if h.strip())
-        if jump and jump.lower() != "none"
-        else (),
-        proxy_command=command if command and command.lower() != "none" else None,
-        keepalive=int(opts.get("serveraliveinterval", _DEFAULT_KEEPALIVE)),
-    )
-
-
-class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
-    """Refuse unknown host keys, saying how to verify and add them."""
-
-    def __init__(self, known_hosts: Path, spec: HostSpec) -> None:
-        self.known_hosts = known_hosts
-        self.spec = spec
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        port = f"-p {self.spec.port} " if self.spec.port != 22 else ""
-        where = (
-            f"is not in {self.known_hosts}"
-            if self.known_hosts.exists()
-            else f"cannot be checked: {self.known_hosts} does not exist"
-        )
-        raise HostKeyError(
-            f"the host key of {hostname} ({key.get_name()} {fingerprint(key)}) {where}. "
-            "Compare the fingerprint with the one your cluster publishes, then add it with "
-            f"`ssh-keyscan {port}{self.spec.hostname} >> {self.known_hosts}` (or log in once "
-            "with `ssh`, which asks). jlabgw never accepts host keys by itself"
-        )
 
 
 # AES-GCM first: one AEAD pass per packet instead of AES-CTR plus a separate HMAC. Through
@@ -177,7 +76,7 @@ def _connect_hop(
     spec: HostSpec, sock: Any, known_hosts: Path, timeout: float
 ) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(_RejectUnknownHost(known_hosts, spec))
+    client.set_missing_host_key_policy(RejectUnknownHost(known_hosts, spec))
     if known_hosts.is_file():
         client.get_host_keys().load(str(known_hosts))
     try:
@@ -256,7 +155,6 @@ class SSHConnection:
         *,
         port: int | None = None,
         jump: str | None = None,
-        on_reconnect: Callable[[int], None] | None = None,
     ) -> None:
         """``port`` overrides ``JLABGW_SSH_PORT`` (compute nodes use their own); ``jump`` makes
         the connection go through that host (the login node), replacing any ProxyJump/Command."""
@@ -287,7 +185,6 @@ class SSHConnection:
         self._lock = threading.RLock()
         self.reconnects = 0
         self._ever_connected = False
-        self.on_reconnect = on_reconnect
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -354,8 +251,6 @@ class SSHConnection:
             self._chain = self._connect_with_backoff()
             if self._ever_connected:
                 self.reconnects += 1
-                if self.on_reconnect is not None:
-                    self.on_reconnect(self.reconnects)
             self._ever_connected = True
             return self._chain[-1]
 

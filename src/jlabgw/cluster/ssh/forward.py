@@ -4,8 +4,8 @@ Listens on 127.0.0.1 only (never all interfaces), on an ephemeral port chosen by
 (bound once and kept: no pick-then-close race). Each accepted connection becomes a
 direct-tcpip channel to ``(host, port)`` as seen from the SSH server, pumped both ways by a
 thread. When the SSH connection dies, the next accepted connection re-establishes it
-(:class:`~jlabgw.ssh.SSHConnection` retries with a bounded backoff) and the local port stays
-the same, so a client only sees a dropped socket it can reopen.
+(:class:`~jlabgw.cluster.ssh.connection.SSHConnection` retries with a bounded backoff) and
+the local port stays the same, so a client only sees a dropped socket it can reopen.
 """
 
 from __future__ import annotations
@@ -48,8 +48,6 @@ class Forwarder:
         self._thread = threading.Thread(
             target=self._accept_loop, name=f"forward-{self.local_port}", daemon=True
         )
-        self.connections = 0
-        self.failures = 0
 
     @property
     def url(self) -> str:
@@ -97,11 +95,9 @@ class Forwarder:
         try:
             channel = self.connection.open_channel(self.remote_host, self.remote_port)
         except SSHError as exc:
-            self.failures += 1
             log.warning("forwarding to %s:%d failed: %s", self.remote_host, self.remote_port, exc)
             client.close()
             return
-        self.connections += 1
         pair = (client, channel)
         with self._lock:
             self._pairs.add(pair)
