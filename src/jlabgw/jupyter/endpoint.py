@@ -17,3 +17,9 @@ class GatewayEndpoint:
     @property
     def ws_url(self) -> str:
         return "ws" + self.url.removeprefix("http")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What authenticates a request: the token in a header, never in the URL (``?token=``
+        would end up in the gateway's log)."""
+        return {"Authorization": f"token {self.token}"}

@@ -33,7 +33,7 @@ class GatewayClient:
         self.endpoint = endpoint
         self._http = httpx.AsyncClient(
             base_url=endpoint.url,
-            headers={"Authorization": f"token {endpoint.token}"},
+            headers=endpoint.headers,
             timeout=timeout,
         )
 

@@ -38,7 +38,7 @@ async def open_websocket(url: str, endpoint: GatewayEndpoint, kernel_id: str) ->
     try:
         ws = await websockets.connect(
             url,
-            additional_headers={"Authorization": f"token {endpoint.token}"},
+            additional_headers=endpoint.headers,
             max_size=None,  # outputs of many MB are normal
             compression=None,  # loopback/tunnel: deflate costs more than it saves
             open_timeout=OPEN_TIMEOUT,
