@@ -128,6 +128,7 @@ class LocalBackend(Backend):
     async def _start(self) -> GatewayEndpoint:
         t0, self._early = self._early, None
         if t0 is None or self._proc is None:
+            self._stop()  # what a start that was cancelled half-way left behind
             t0 = time.monotonic()
             self._launch()
         info = await self._wait_ready(t0)
