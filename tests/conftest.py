@@ -14,11 +14,7 @@ import pytest
 
 from jlabgw.cluster.backends import LocalBackend
 from jlabgw.config import Settings
-
-# PYTHON and server_env are re-exported (and make_settings used here): test_ssh.py,
-# test_batch.py, test_batch_job.py, test_local_backend.py and test_slurm_job.py still import
-# them from tests.conftest. New code imports them from tests.helpers.
-from tests.helpers import PYTHON, make_settings, server_env  # noqa: F401
+from tests.helpers import make_settings
 from tests.slurm import SlurmCluster
 from tests.slurm import unavailable_reason as slurm_unavailable_reason
 from tests.sshd import SSHDServer, unavailable_reason

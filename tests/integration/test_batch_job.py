@@ -15,8 +15,14 @@ import httpx
 import pytest
 
 from jlabgw.cluster.slurm.batch import render_batch_script
-from tests.conftest import make_settings
-from tests.helpers import cmdlines, listening_addresses, pids_matching, process_environ, wait_until
+from tests.helpers import (
+    cmdlines,
+    listening_addresses,
+    make_settings,
+    pids_matching,
+    process_environ,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -110,7 +110,10 @@ def _check_status_then_stop(tmp_path: Path, server: subprocess.Popen[bytes]) -> 
     [state] = json.loads(jlabgw(tmp_path, "status", "--json").stdout)
     assert state["pid"] == server.pid
     # what scripts may read: the state file's keys, and where it is
-    keys = "pid started_at server_pid backend gateway notebook_dir spare_kernel sessions jobs"
+    keys = (
+        "pid started_at updated_at server_pid backend gateway notebook_dir spare_kernel "
+        "sessions jobs"
+    )
     assert set(state) >= {*keys.split(), "state_file"}
     assert set(state["gateway"]) >= {"state", "url", "pid", "token_file", "start_seconds"}
     token_file = Path(state["gateway"]["token_file"])

@@ -18,8 +18,14 @@ from jlabgw.config import Settings
 from jlabgw.errors import GatewayStartError
 from jlabgw.jupyter.channels import KernelConnection
 from jlabgw.jupyter.rest import GatewayClient
-from tests.conftest import make_settings
-from tests.helpers import cmdlines, listening_addresses, pids_matching, process_environ, wait_until
+from tests.helpers import (
+    cmdlines,
+    listening_addresses,
+    make_settings,
+    pids_matching,
+    process_environ,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

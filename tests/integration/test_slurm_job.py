@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from jlabgw.cluster.slurm.batch import render_batch_script
-from tests.conftest import make_settings
-from tests.helpers import wait_until
+from tests.helpers import make_settings, wait_until
 from tests.slurm import SlurmCluster
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,7 @@ from jlabgw.errors import CommandError, HostKeyError, SSHAuthError, SSHConnectEr
 from jlabgw.jupyter.channels import KernelConnection
 from jlabgw.jupyter.endpoint import GatewayEndpoint
 from jlabgw.jupyter.rest import GatewayClient
-from tests.conftest import make_settings
-from tests.helpers import wait_until
+from tests.helpers import make_settings, wait_until
 from tests.sshd import SSHDServer
 
 pytestmark = pytest.mark.integration
@@ -266,7 +265,7 @@ def test_tunnel_command_forwards_and_reports_reconnects(
     import anyio
     import httpx
 
-    from tests.conftest import PYTHON, server_env
+    from tests.helpers import PYTHON, server_env
 
     endpoint = anyio.run(shared_backend.start)
     gw_port = endpoint.url.rsplit(":", 1)[1]

@@ -15,7 +15,7 @@ from jlabgw.cluster.slurm.batch import (
 )
 from jlabgw.config import Settings
 from jlabgw.errors import ConfigError
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 

@@ -22,7 +22,7 @@ from jlabgw.errors import (
 )
 from jlabgw.notebook.text import outputs_to_text
 from jlabgw.sessions.manager import SessionManager
-from tests.unit.test_sessions_fakes import FakeBackend, FakeGateway, FakeStarter, settings_for
+from tests.session_fakes import FakeBackend, FakeGateway, FakeStarter, settings_for
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jlabgw.sessions.manager import SessionManager
-from tests.unit.test_sessions_fakes import FakeBackend, FakeGateway, FakeStarter, settings_for
+from tests.session_fakes import FakeBackend, FakeGateway, FakeStarter, settings_for
 
 pytestmark = pytest.mark.anyio
 

@@ -59,6 +59,7 @@ class ServerState:
     state_file: Path
     # the server is gone, but the gateway it started still runs (local backend): this pid
     orphan_gateway_pid: int | None = None
+    updated_at: float | None = None  # when the server last rewrote its file
 
     @property
     def stale(self) -> bool:
@@ -68,6 +69,7 @@ class ServerState:
         return {
             "pid": self.pid,
             "started_at": self.started_at,
+            "updated_at": self.updated_at,
             **self.status.to_dict(),
             "stale": self.stale,
             "orphan_gateway_pid": self.orphan_gateway_pid,
@@ -97,5 +99,15 @@ def read_server_states(state_dir: Path) -> list[ServerState]:
             else:
                 path.unlink(missing_ok=True)
                 continue
-        states.append(ServerState(pid, float(data.get("started_at", 0)), status, path, orphan))
+        updated = data.get("updated_at")
+        states.append(
+            ServerState(
+                pid,
+                float(data.get("started_at", 0)),
+                status,
+                path,
+                orphan,
+                float(updated) if isinstance(updated, int | float) else None,
+            )
+        )
     return states
