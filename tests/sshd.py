@@ -60,8 +60,10 @@ class SSHDServer:
 
     @property
     def authorized_keys(self) -> Path:
-        # one file per server: two servers (sshd, login node) must not overwrite each other
-        return Path(pwd.getpwnam(self.user).pw_dir) / ".ssh" / f"authorized_keys.{self.root.name}"
+        # one file per server, and per test run: two servers (sshd, login node) and two pytest
+        # runs at once (each has an "sshd0") must not overwrite each other's key
+        name = f"authorized_keys.{self.root.parent.name}.{self.root.name}"
+        return Path(pwd.getpwnam(self.user).pw_dir) / ".ssh" / name
 
     @property
     def log(self) -> Path:
