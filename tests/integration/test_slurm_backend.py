@@ -146,7 +146,8 @@ async def test_job_ended_mid_session_then_resume_on_a_new_job(
             assert "kernel and its variables are gone" in message
             assert f"notebook_path='{notebook.name}'" in message
             gone = await call(client, "execute_code", session_id=sid, code="x")
-            assert "unknown session_id" in text_of(gone)
+            assert gone.is_error
+            assert text_of(gone) == message  # and so does every later call on the session
 
             resumed = await call(
                 client,

@@ -26,7 +26,13 @@ from nbformat.v4 import new_markdown_cell
 
 from jlabgw.cluster.backends.base import Backend
 from jlabgw.config import Settings
-from jlabgw.errors import JlabgwError, KernelDiedError, KernelNotFoundError, NotebookError
+from jlabgw.errors import (
+    GatewayError,
+    JlabgwError,
+    KernelDiedError,
+    KernelNotFoundError,
+    NotebookError,
+)
 from jlabgw.jupyter.rest import GatewayClient
 from jlabgw.notebook.document import NotebookDoc
 from jlabgw.notebook.paths import experiment_filename, resolve_notebook_path
@@ -83,7 +89,7 @@ class SessionManager:
             self._lanes,
             settings.progress_interval,
             on_cell=self._save_registry,
-            on_lost=self._forget,
+            on_lost=self._lost,
         )
         # Sessions on a batch job outlive this server: the registry lets the next one take
         # them back (reattach). None for backends whose kernels stop with the server.
@@ -114,9 +120,26 @@ class SessionManager:
         file's fsynced rewrite would cost every cell ~1 ms on its reply path."""
         self._reattach.save()
 
-    def _forget(self, session: Session) -> None:
-        """A session whose kernel is gone for good leaves the table."""
-        self._sessions.remove(session.id)
+    async def _lost(self, session: Session, why: str) -> None:
+        """``session``'s gateway (batch job) is gone for good, ``why``: it leaves the table,
+        and every later call on it raises :class:`SessionLostError` saying so, for the
+        server's life. So do the other sessions on that gateway: the backend keeps its answer
+        for a lost gateway, so asking each of them costs nothing (a session on a newer
+        gateway of the lane costs one check, and stays)."""
+        if not self._sessions.lose(session, session.lost_message(why)):
+            return  # shut down meanwhile, or found lost already (by a sibling)
+        log.warning("session %s is lost: %s", session.id, why)
+        for other in self._sessions:
+            if other.lane != session.lane:
+                continue  # another shape's job
+            try:
+                other_why = await other.conn.gateway_lost()
+            except JlabgwError as exc:  # it finds out on its own next call
+                log.info("session %s: cannot tell whether its gateway is gone: %s", other.id, exc)
+                continue
+            if other_why and self._sessions.lose(other, other.lost_message(other_why)):
+                log.warning("session %s is lost too: %s", other.id, other_why)
+                await other.conn.close()  # a cell running there ends with the same error
         self._changed()
 
     async def ready(self) -> None:
@@ -336,7 +359,11 @@ class SessionManager:
 
     async def interrupt(self, session_id: str) -> str:
         session = self.get(session_id)
-        await self._starter.interrupt(session.kernel_id, session.lane)
+        try:
+            await self._starter.interrupt(session.kernel_id, session.lane)
+        except GatewayError as exc:  # the gateway may be gone: ask the backend
+            await self._runner.raise_if_lost(session, exc)
+            raise
         return f"interrupt sent to the kernel of session {session_id}"
 
     async def restart(self, session_id: str) -> str:
@@ -348,7 +375,11 @@ class SessionManager:
             with contextlib.suppress(JlabgwError, TimeoutError):
                 async with asyncio.timeout(_SETTLE_TIMEOUT):
                     await session.conn.settle()
-        await self._starter.restart(session.kernel_id, session.lane)
+        try:
+            await self._starter.restart(session.kernel_id, session.lane)
+        except GatewayError as exc:  # the gateway may be gone: ask the backend
+            await self._runner.raise_if_lost(session, exc)
+            raise
         await session.conn.reset(
             KernelDiedError(
                 f"the kernel of session {session_id} was restarted (restart_kernel) while this "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nbformat.v4 import new_code_cell
@@ -45,10 +45,11 @@ class Runner:
         lanes: Lanes,
         progress_interval: float,
         on_cell: Callable[[], None],
-        on_lost: Callable[[Session], None],
+        on_lost: Callable[[Session, str], Awaitable[None]],
     ) -> None:
         """``on_cell``: a cell started or ended (the registry names the running request).
-        ``on_lost``: a session's gateway is gone for good; it is no longer a session."""
+        ``on_lost(session, why)``: a session's gateway is gone for good (``why``); it is no
+        longer a session, and every later call on it says so."""
         self._starter = starter
         self._lanes = lanes
         self._progress_interval = progress_interval
@@ -202,7 +203,7 @@ class Runner:
             try:
                 reply = await session.conn.execute(cell.source, recorder, on_sent=sent)
             except GatewayError as exc:  # the gateway may be gone: ask the backend
-                await self._raise_if_lost(session, exc)
+                await self.raise_if_lost(session, exc)
                 raise
             finally:
                 if watchdog is not None:
@@ -220,19 +221,17 @@ class Runner:
         interrupt = self._starter.interrupt(session.kernel_id, session.lane)
         background(interrupt, f"interrupting execution {execution.id} failed")
 
-    async def _raise_if_lost(self, session: Session, exc: Exception) -> None:
-        """Turn a dead gateway or ended job into an error that says how to carry on."""
+    async def raise_if_lost(self, session: Session, exc: Exception) -> None:
+        """After ``exc`` from the gateway: if the gateway or its job is gone for good, raise
+        an error that says so and how to carry on (as every later call on the session will);
+        else return, for the caller to raise ``exc``."""
         why = await session.conn.gateway_lost()
         if why is None:
             return
-        self._on_lost(session)
+        await self._on_lost(session, why)
         await session.conn.close()
         await asyncio.to_thread(session.doc.flush)
-        raise SessionLostError(
-            f"{why}: session {session.id}'s kernel and its variables are gone. The notebook "
-            f"{session.doc.path.name} is intact; start_session_resume_notebook with "
-            f"notebook_path={session.doc.path.name!r} re-runs it on a new kernel"
-        ) from exc
+        raise SessionLostError(session.lost_message(why)) from exc
 
     # -- a cell the previous server started (reattach) -----------------------------------------
 
@@ -263,7 +262,7 @@ class Runner:
             try:
                 reply = await self._until_adopted(session, adopted)
             except GatewayError as exc:  # the gateway may be gone: ask the backend
-                await self._raise_if_lost(session, exc)
+                await self.raise_if_lost(session, exc)
                 raise
             finally:
                 adopted.cancel()

@@ -122,6 +122,16 @@ class Session:
             executions=int(record.get("executions", 0)),
         )
 
+    def lost_message(self, why: str) -> str:
+        """What a call on this session says once its gateway (batch job) is gone for good:
+        ``why``, and how to carry on from the notebook."""
+        name = self.doc.path.name
+        return (
+            f"{why}: session {self.id}'s kernel and its variables are gone. The notebook "
+            f"{name} is intact; start_session_resume_notebook with notebook_path={name!r} "
+            "re-runs it on a new kernel"
+        )
+
     def info(self, backend: str, **extra: Any) -> dict[str, Any]:
         """What starting (resuming, continuing) this session returns to the caller."""
         return {
@@ -136,11 +146,13 @@ class Session:
 
 
 class SessionTable:
-    """A manager's sessions by id, and why earlier servers' sessions could not be kept."""
+    """A manager's sessions by id, and why the ones that are gone are gone: an earlier
+    server's that could not be taken back, and this server's whose gateway (batch job) ended.
+    Those are kept for the server's life, so every call on one says what happened."""
 
     def __init__(self) -> None:
         self._by_id: dict[str, Session] = {}
-        self._gone: dict[str, str] = {}  # session id -> why a previous server's session is gone
+        self._gone: dict[str, str] = {}  # session id -> why it is gone (what get() raises)
 
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._by_id.values()))
@@ -157,6 +169,16 @@ class SessionTable:
     def mark_gone(self, session_id: str, why: str) -> None:
         """A session of a previous server that is gone: :meth:`get` raises ``why``."""
         self._gone[session_id] = why
+
+    def lose(self, session: Session, why: str) -> bool:
+        """``session``'s gateway is gone for good: it leaves the table and :meth:`get` raises
+        ``why`` for it from now on. False (and nothing changes) if it is no longer in the
+        table: shut down, or found lost already."""
+        if self._by_id.get(session.id) is not session:
+            return False
+        del self._by_id[session.id]
+        self._gone[session.id] = why
+        return True
 
     def get(self, session_id: str) -> Session:
         try:
