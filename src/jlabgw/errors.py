@@ -116,7 +116,15 @@ class SSHError(JlabgwError):
 
 
 class HostKeyError(SSHError):
-    """The server's host key is not in known_hosts, or differs from the recorded one."""
+    """The server's host key is not in known_hosts, or differs from the recorded one.
+
+    ``problem`` says which, ``fix`` how to put it right (the commands to run); the message is
+    both. ``jlabgw doctor`` shows them apart."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(f"{problem}. {fix}" if fix else problem)
+        self.problem = problem
+        self.fix = fix
 
 
 class SSHAuthError(SSHError):

@@ -1,7 +1,8 @@
 """``jlabgw doctor`` for the SLURM backend: the batch script renders and parses; SSH to the
 login node works (host key, authentication, agent); sbatch and squeue answer there; the
 connection dir is writable with safe modes; the remote set-up gives a Python with Kernel
-Gateway, ipykernel and the kernel spec."""
+Gateway, ipykernel and the kernel spec; and, while a job of the user runs, SSH to its compute
+node works the way the tunnel makes it (through the login node: host key, authentication)."""
 
 from __future__ import annotations
 
@@ -197,6 +198,68 @@ def _batch_script(settings: Settings, context: dict[str, Any]) -> tuple[Mark, st
     return "ok", f"{source} renders ({len(script.splitlines())} lines): {directives}"
 
 
+_MAX_NODES = 3  # compute nodes the check connects to: one per running job, this config's first
+
+
+def _compute_node(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
+    from jlabgw.cluster.slurm.client import SlurmClient
+    from jlabgw.cluster.ssh.tunnel import node_connector
+    from jlabgw.errors import HostKeyError, SSHError
+
+    host = context["host"]
+    path = f"through {settings.ssh_host}" if settings.ssh_host else "from here"
+    jobs = SlurmClient(host).running()
+    name = settings.job_name
+    ours = [j for j in jobs if j.name == name or j.name.startswith(f"{name}-")]
+    nodes: dict[str, str] = {}  # node -> the job running there
+    for job in ours + [j for j in jobs if j not in ours]:
+        node = _first_node(host, job.node)
+        if node and node not in nodes and len(nodes) < _MAX_NODES:
+            nodes[node] = job.job_id
+    if not nodes:
+        return "skip", (
+            "skipped: no running job of yours, so no compute node to connect to; run doctor "
+            "again while one runs (a jlabgw session's, or `sbatch --wrap 'sleep 300'`) to "
+            f"check its node's host key and login {path}"
+        )
+    connect = node_connector(settings)
+    reached: list[str] = []
+    problems: list[str] = []
+    fixes: list[str] = []
+    for node, job_id in nodes.items():
+        try:
+            connection = connect(node)
+        except HostKeyError as exc:
+            problems.append(f"{node} (job {job_id}'s node, {path}): {exc.problem}")
+            fixes.append(exc.fix)
+            continue
+        except SSHError as exc:
+            problems.append(f"{node} (job {job_id}'s node) cannot be reached {path}: {exc}")
+            fixes.append(
+                f"jlabgw reaches a job's gateway by SSH to its node {path}, port "
+                f"{settings.compute_ssh_port} (JLABGW_COMPUTE_SSH_PORT), with the key it uses "
+                "for the login node: the node must let you in while your job runs there "
+                "(most sites do; ask yours if not)"
+            )
+            continue
+        reached.append(f"{connection.spec.label} (job {job_id})")
+        connection.close()
+    if problems:
+        raise Failed("; ".join(problems), " ".join(dict.fromkeys(fixes)))
+    return "ok", (
+        f"{', '.join(reached)} {path}: host key matches {settings.known_hosts}, authenticated"
+    )
+
+
+def _first_node(host: Any, nodelist: str) -> str:
+    """The first node of squeue's node list (``c1``, ``c[1-4]``, ``a1,b2``); "" if none."""
+    if "[" not in nodelist:
+        return nodelist.split(",", 1)[0].strip()
+    result = host.run(["scontrol", "show", "hostnames", nodelist], check=False, timeout=60)
+    lines = result.stdout.split() if result.returncode == 0 else []
+    return lines[0] if lines else ""
+
+
 CLUSTER_STEPS: Steps = [
     ("batch script", _batch_script, ()),
     ("ssh login", _ssh_login, ()),
@@ -204,4 +267,5 @@ CLUSTER_STEPS: Steps = [
     ("slurm commands", _slurm_commands, ("ssh login",)),
     ("connection dir", _connection_dir, ("ssh login",)),
     ("remote python", _remote_python, ("ssh login",)),
+    ("compute node", _compute_node, ("ssh login", "slurm commands")),
 ]

@@ -8,7 +8,9 @@ What is checked: the config parses; the notebook dir is writable and the state d
 then for ``local``: Kernel Gateway and the kernel spec are installed and a gateway starts; for
 ``slurm``: SSH to the login node (host key, authentication, agent), sbatch and squeue answer
 there, the connection dir is writable with safe modes, the remote set-up gives a Python with
-Kernel Gateway, ipykernel and the kernel spec, and the batch script renders and parses.
+Kernel Gateway, ipykernel and the kernel spec, the batch script renders and parses, and, while
+a job of the user runs, its compute node is reached the way the tunnel reaches it (through the
+login node: host key, authentication; skipped with no running job).
 """
 
 from __future__ import annotations

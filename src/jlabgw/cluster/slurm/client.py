@@ -164,5 +164,14 @@ class SlurmClient:
         jobs = [parse_squeue_line(line) for line in result.stdout.splitlines() if line.strip()]
         return [job for job in jobs if job.active]
 
+    def running(self, user: str | None = None) -> list[JobStatus]:
+        """Every RUNNING job of ``user`` (default: whoever runs the command), whatever its
+        name."""
+        if user is None:
+            user = self.host.run(["id", "-un"]).stdout.strip()
+        result = self.host.run(["squeue", "-h", "-t", "RUNNING", "-u", user, "-o", SQUEUE_FORMAT])
+        jobs = [parse_squeue_line(line) for line in result.stdout.splitlines() if line.strip()]
+        return [job for job in jobs if job.running]
+
     def cancel(self, job_id: str) -> None:
         self.host.run(["scancel", job_id])

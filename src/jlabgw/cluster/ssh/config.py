@@ -4,7 +4,9 @@ From the user's ``~/.ssh/config`` (``JLABGW_SSH_CONFIG``): ``HostName``, ``User`
 ``IdentityFile``, ``ProxyJump`` (a comma-separated chain), ``ProxyCommand`` and
 ``ServerAliveInterval``; ``JLABGW_SSH_PORT``/``_USER``/``_KEY`` override them for the target.
 Host keys are checked against ``known_hosts`` (``JLABGW_KNOWN_HOSTS``), never accepted
-silently: an unknown key fails with its fingerprint and the command that adds it.
+silently: an unknown key fails with its fingerprint and the command that adds it. For a host
+reached through a jump host (a compute node behind the login node), that command runs
+``ssh-keyscan`` on the jump host: this machine may not reach the host at all.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import base64
 import getpass
 import hashlib
 import re
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,15 @@ import paramiko
 
 from jlabgw.errors import HostKeyError, SSHError
 
-__all__ = ["HostSpec", "RejectUnknownHost", "fingerprint", "load_ssh_config", "resolve_host"]
+__all__ = [
+    "HostSpec",
+    "RejectUnknownHost",
+    "fingerprint",
+    "keyscan_command",
+    "load_ssh_config",
+    "resolve_host",
+    "ssh_command",
+]
 
 _DEFAULT_KEEPALIVE = 30
 _TARGET = re.compile(r"^(?:(?P<user>[^@]+)@)?(?P<host>\[[^\]]+\]|[^:]+)(?::(?P<port>\d+))?$")
@@ -101,25 +113,68 @@ def resolve_host(
     )
 
 
-class RejectUnknownHost(paramiko.MissingHostKeyPolicy):
-    """Refuse unknown host keys, saying how to verify and add them."""
+def ssh_command(
+    spec: HostSpec,
+    *,
+    jumps: Sequence[str] = (),
+    ssh_config: Path | None = None,
+    known_hosts: Path | None = None,
+) -> str:
+    """An OpenSSH command line, to paste into a shell, that reaches ``spec`` the way jlabgw
+    does: its port, user and keys as resolved (overrides included), through ``jumps`` (hosts
+    as the ssh config names them, ``-J``), reading ``ssh_config`` (``-F``; None: OpenSSH's
+    own) and checking host keys against ``known_hosts`` (None: OpenSSH's own)."""
+    argv = ["ssh"]
+    if ssh_config is not None:
+        argv += ["-F", str(ssh_config)]
+    if jumps:
+        argv += ["-J", ",".join(jumps)]
+    argv += ["-p", str(spec.port), "-l", spec.user]
+    for key in spec.identity_files:
+        argv += ["-i", str(key)]
+    if known_hosts is not None:
+        argv += ["-o", f"UserKnownHostsFile={known_hosts}"]
+    argv.append(spec.alias)
+    return shlex.join(argv)
 
-    def __init__(self, known_hosts: Path, spec: HostSpec) -> None:
+
+def keyscan_command(spec: HostSpec, known_hosts: Path, via: str | None = None) -> str:
+    """The command that appends ``spec``'s host key to ``known_hosts``: ``ssh-keyscan`` run
+    here, or, with ``via`` (an :func:`ssh_command` to the jump host that reaches ``spec``),
+    run there, its output appended here."""
+    scan = ["ssh-keyscan", *(["-p", str(spec.port)] if spec.port != 22 else []), spec.hostname]
+    prefix = f"{via} " if via else ""
+    return f"{prefix}{shlex.join(scan)} >> {shlex.quote(str(known_hosts))}"
+
+
+class RejectUnknownHost(paramiko.MissingHostKeyPolicy):
+    """Refuse unknown host keys, saying how to verify and add them. ``via``: the
+    :func:`ssh_command` to the jump host ``spec`` is reached through, if any (the key is
+    fetched there)."""
+
+    def __init__(self, known_hosts: Path, spec: HostSpec, via: str | None = None) -> None:
         self.known_hosts = known_hosts
         self.spec = spec
+        self.via = via
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> None:
-        port = f"-p {self.spec.port} " if self.spec.port != 22 else ""
         where = (
             f"is not in {self.known_hosts}"
             if self.known_hosts.exists()
             else f"cannot be checked: {self.known_hosts} does not exist"
         )
+        add = f"add it with `{keyscan_command(self.spec, self.known_hosts, self.via)}`"
+        if self.via:
+            add += (
+                f" (ssh-keyscan runs on the jump host, which reaches {self.spec.hostname}; "
+                "this machine may not)"
+            )
+        else:
+            add += " (or log in once with `ssh`, which asks)"
         raise HostKeyError(
-            f"the host key of {hostname} ({key.get_name()} {fingerprint(key)}) {where}. "
-            "Compare the fingerprint with the one your cluster publishes, then add it with "
-            f"`ssh-keyscan {port}{self.spec.hostname} >> {self.known_hosts}` (or log in once "
-            "with `ssh`, which asks). jlabgw never accepts host keys by itself"
+            f"the host key of {hostname} ({key.get_name()} {fingerprint(key)}) {where}",
+            f"Compare the fingerprint with the one your cluster publishes, then {add}. "
+            "jlabgw never accepts host keys by itself",
         )

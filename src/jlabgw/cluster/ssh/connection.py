@@ -35,8 +35,10 @@ from jlabgw.cluster.ssh.config import (
     HostSpec,
     RejectUnknownHost,
     fingerprint,
+    keyscan_command,
     load_ssh_config,
     resolve_host,
+    ssh_command,
 )
 from jlabgw.config import Settings
 from jlabgw.errors import CommandError, HostKeyError, SSHAuthError, SSHConnectError, SSHError
@@ -73,10 +75,12 @@ def _transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
 
 
 def _connect_hop(
-    spec: HostSpec, sock: Any, known_hosts: Path, timeout: float
+    spec: HostSpec, sock: Any, known_hosts: Path, timeout: float, via: str | None = None
 ) -> paramiko.SSHClient:
+    """Connect to ``spec`` over ``sock`` (None: a TCP connection from here). ``via``: the
+    ssh command to the jump host ``sock`` goes through, for the host-key errors' fixes."""
     client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(RejectUnknownHost(known_hosts, spec))
+    client.set_missing_host_key_policy(RejectUnknownHost(known_hosts, spec, via))
     if known_hosts.is_file():
         client.get_host_keys().load(str(known_hosts))
     try:
@@ -100,11 +104,13 @@ def _connect_hop(
         raise
     except paramiko.BadHostKeyException as exc:
         client.close()
+        remove = shlex.join(["ssh-keygen", "-R", spec.known_hosts_name, "-f", str(known_hosts)])
         raise HostKeyError(
             f"HOST KEY MISMATCH for {spec.known_hosts_name}: it offered {fingerprint(exc.key)}, "
             f"{known_hosts} records {fingerprint(exc.expected_key)}. This can be an attack, or "
-            "the host was reinstalled: ask your cluster's admins. If the new key is right, "
-            f"remove the old one with `ssh-keygen -R '{spec.known_hosts_name}' -f {known_hosts}`"
+            "the host was reinstalled: ask your cluster's admins",
+            f"If the new key is right, remove the old one with `{remove}`, then add the new "
+            f"one with `{keyscan_command(spec, known_hosts, via)}`",
         ) from exc
     except paramiko.PasswordRequiredException as exc:
         client.close()
@@ -194,10 +200,11 @@ class SSHConnection:
         chain: list[paramiko.SSHClient] = []
         sock: Any = None
         try:
+            via = None
             if spec.proxy_jump:
                 first = self._hop(spec.proxy_jump[0])
                 chain = self._open_chain(first, depth + 1)
-                for hop in spec.proxy_jump[1:]:
+                for n, hop in enumerate(spec.proxy_jump[1:], 1):
                     hop_spec = self._hop(hop)
                     chain.append(
                         _connect_hop(
@@ -205,14 +212,16 @@ class SSHConnection:
                             self._channel_via(chain[-1], hop_spec),
                             self.settings.known_hosts,
                             self.settings.ssh_timeout,
+                            self.ssh_command(spec.proxy_jump[:n]),
                         )
                     )
                 sock = self._channel_via(chain[-1], spec)
+                via = self.ssh_command(spec.proxy_jump)
             elif spec.proxy_command:
                 sock = paramiko.ProxyCommand(spec.proxy_command)
                 self._proxies.append(sock)
             chain.append(
-                _connect_hop(spec, sock, self.settings.known_hosts, self.settings.ssh_timeout)
+                _connect_hop(spec, sock, self.settings.known_hosts, self.settings.ssh_timeout, via)
             )
         except BaseException:
             for client in chain:
@@ -222,6 +231,21 @@ class SSHConnection:
 
     def _hop(self, name: str) -> HostSpec:
         return self._hop_specs.get(name) or resolve_host(name, self._config)
+
+    def ssh_command(self, hops: Sequence[str]) -> str:
+        """An OpenSSH command line to the last of ``hops`` through the others, as this
+        connection reaches it (the login node with the JLABGW_SSH_* settings, the same ssh
+        config and known_hosts), to paste into a shell."""
+        default_config = Path("~/.ssh/config").expanduser().absolute()
+        default_known = Path("~/.ssh/known_hosts").expanduser().absolute()
+        config = self.settings.ssh_config
+        known = self.settings.known_hosts
+        return ssh_command(
+            self._hop(hops[-1]),
+            jumps=hops[:-1],
+            ssh_config=config if config.is_file() and config != default_config else None,
+            known_hosts=known if known != default_known else None,
+        )
 
     def _channel_via(self, client: paramiko.SSHClient, spec: HostSpec) -> paramiko.Channel:
         transport = client.get_transport()
