@@ -18,7 +18,6 @@ from jlabgw.errors import (
     SessionBusyError,
     SessionLostError,
     UnknownExecutionError,
-    UnknownSessionError,
 )
 from jlabgw.notebook.text import outputs_to_text
 from jlabgw.sessions.manager import SessionManager
@@ -184,8 +183,8 @@ async def test_a_lost_gateway_ends_the_session_with_how_to_resume(
         SessionLostError, match=rf"the batch job ended.*notebook_path='{path.name}'"
     ):
         await manager.execute(sid, "= 1")
-    with pytest.raises(UnknownSessionError):
-        manager.get(sid)
+    with pytest.raises(SessionLostError, match="start_session_resume_notebook"):
+        manager.get(sid)  # and so does every later call: the loss is remembered
     assert manager.list() == []
 
 
