@@ -4,7 +4,10 @@ Text (streams, ``text/plain`` reprs, tracebacks) is merged into as few text bloc
 with ANSI escape codes removed (the notebook keeps them), and capped: past ``limit`` characters
 the middle is cut with a note naming the notebook cell that has it all. PNG, JPEG and GIF
 outputs become image blocks, downscaled with Pillow to ``max_px`` on the longest side and to
-``max_bytes`` when larger (the notebook keeps the original). SVG comes back as its source text
+``max_bytes`` when larger (the notebook keeps the original). Kernel output is untrusted: an
+image is decoded only as the format its MIME type names, its header size is checked against a
+pixel cap before any pixel is decoded, and Pillow's decompression-bomb warning is an error; a
+refused image comes back as a short text note in its place. SVG comes back as its source text
 (no rasteriser is needed, and models read SVG), within the same text cap. Rich outputs without
 ``text/plain`` fall back to JSON, Markdown, LaTeX or HTML source, in that order.
 """
@@ -14,6 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +29,9 @@ from nbformat import NotebookNode
 
 from jlabgw.notebook.text import IMAGE_FORMATS, cap_text, joined, strip_ansi, text_of
 
-__all__ = ["Limits", "fit_image", "outputs_to_content"]
+__all__ = ["ImageRefused", "Limits", "fit_image", "outputs_to_content"]
+
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF"}
 
 
 @dataclass(frozen=True)
@@ -34,39 +41,82 @@ class Limits:
     text: int = 20000  # characters
     image_px: int = 1568  # longest side
     image_bytes: int = 1_000_000
+    image_pixels: int = 50_000_000  # width x height, checked before decoding
 
 
-def _image_of(output: NotebookNode, limits: Limits | None = None) -> Image | None:
+class ImageRefused(Exception):
+    """An image output that is not shown: why, in a few words."""
+
+
+def _too_large(size: str, limits: Limits) -> str:
+    return f"{size} is over the cap of {limits.image_pixels:,} pixels"
+
+
+def _refusal_note(mime: str, reason: str, output: NotebookNode) -> str:
+    data: dict[str, Any] = output.get("data", {})
+    note = f"[{mime} refused: {reason}; the notebook keeps the original]\n"
+    if "text/plain" in data:
+        note += joined(data["text/plain"]) + "\n"
+    return note
+
+
+def _image_of(output: NotebookNode, limits: Limits | None = None) -> Image | str | None:
+    """The output's image block, a note saying why its image was refused, or None (no image)."""
     data: dict[str, Any] = output.get("data", {})
     for mime, fmt in IMAGE_FORMATS.items():
         if mime in data:
             try:
                 raw = base64.b64decode(joined(data[mime]))
             except (binascii.Error, ValueError):
-                return None
-            if limits is not None:
-                fitted = fit_image(raw, fmt, limits)
-                if fitted is None:
-                    return None
-                raw, fmt = fitted
+                return _refusal_note(mime, "not valid base64", output)
+            try:
+                raw, fmt = _fit(raw, fmt, limits or Limits())
+            except ImageRefused as exc:
+                return _refusal_note(mime, str(exc), output)
             return Image(data=raw, format=fmt)
     return None
 
 
 def fit_image(raw: bytes, fmt: str, limits: Limits) -> tuple[bytes, str] | None:
     """``raw`` within the pixel and byte caps (re-encoded only when it is not), or None if
-    it cannot be read. PNG keeps line art and transparency; JPEG is the fallback for size."""
+    it cannot be read or is refused (see :func:`_fit`)."""
+    try:
+        return _fit(raw, fmt, limits)
+    except ImageRefused:
+        return None
+
+
+def _fit(raw: bytes, fmt: str, limits: Limits) -> tuple[bytes, str]:
+    """``raw`` within the caps, or :class:`ImageRefused`. Only the format ``fmt`` (from the MIME
+    type) is tried; the header's size is checked against ``limits.image_pixels`` before any
+    pixel is decoded. PNG keeps line art and transparency; JPEG is the fallback for size."""
     from PIL import Image as PILImage  # Pillow: only when an image comes along
     from PIL import UnidentifiedImageError
 
+    name = _PIL_FORMATS.get(fmt)
+    if name is None:
+        raise ImageRefused(f"{fmt} images are not shown")
     try:
-        with PILImage.open(io.BytesIO(raw)) as image:
-            if max(image.size) <= limits.image_px and len(raw) <= limits.image_bytes:
-                return raw, fmt
-            image.seek(0)  # an animated GIF: its first frame
-            frame = image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(raw), formats=[name]) as image:
+                width, height = image.size
+                if width * height > limits.image_pixels:
+                    raise ImageRefused(_too_large(f"{width}x{height} px", limits))
+                if max(image.size) <= limits.image_px and len(raw) <= limits.image_bytes:
+                    image.verify()  # the data is the named format throughout, not only its head
+                    return raw, fmt
+                image.seek(0)  # an animated GIF: its first frame
+                frame = image.convert("RGBA" if image.mode in ("RGBA", "LA", "P") else "RGB")
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        # Pillow's own bomb check, in open(): its message names the pixel count, not the sides
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "its size"
+        raise ImageRefused(_too_large(size, limits) + ", a possible decompression bomb") from None
+    except UnidentifiedImageError:
+        raise ImageRefused(f"not a valid {name} image") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageRefused(f"a broken {name} image ({exc})") from None
     frame.thumbnail((limits.image_px, limits.image_px))
     for _ in range(6):  # bounded: halve the size until it fits
         out = io.BytesIO()
@@ -78,7 +128,7 @@ def fit_image(raw: bytes, fmt: str, limits: Limits) -> tuple[bytes, str] | None:
         if out.tell() <= limits.image_bytes:
             return out.getvalue(), "jpeg"
         frame.thumbnail((max(1, frame.width // 2), max(1, frame.height // 2)))
-    return None
+    raise ImageRefused(f"does not fit in {limits.image_bytes:,} bytes even when downscaled")
 
 
 def outputs_to_content(
@@ -93,10 +143,10 @@ def outputs_to_content(
     items: list[str | Image] = [header] if header else []
     for output in outputs:
         image = _image_of(output, limits) if output.get("output_type") != "stream" else None
-        if image is not None:
+        if isinstance(image, Image):
             items.append(image)
             continue
-        piece = text_of(output)
+        piece = image if image is not None else text_of(output)
         if piece:
             piece = strip_ansi(piece)
             if items and isinstance(items[-1], str):
