@@ -15,8 +15,14 @@ as root instead (the tunnel still goes through sshd).
 Needs root, tests/cluster/setup-system.sh, and starts and stops its own munged, slurmctld,
 slurmd and sshd (the test suite's, from tests/cluster/). ``--backend local`` measures the
 zero-config default instead (a gateway subprocess here; no root, no cluster).
+
+``--topology`` runs the same on tests/cluster/topology.sh's multi-host cluster: jlabgw here (the
+laptop) with the topology's config, sbatch over SSH on the login node (its own namespace), the
+job on compute node c1 or c2, the tunnel through the login node as a jump host (two SSH hops
+over veth links). The topology is brought up before the runs and down after them, and only if
+nobody else's is up (``--wait-topology SECONDS`` waits for that, checking every 30 s).
 Usage: python benchmarks/coldstart.py [--cold 5] [--warm 20] [--backend slurm|local]
-                                      [--submit ssh|local] [--json]
+                                      [--submit ssh|local] [--topology] [--json]
 """
 
 from __future__ import annotations
@@ -32,12 +38,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent  # for tests.slurm / tests.sshd
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 JOB_VENV = Path(os.environ.get("JLABGW_TEST_JOB_VENV", "/opt/jlabgw-test/job-venv"))
 
 
@@ -109,10 +116,11 @@ def node_idle(slurm: Any) -> bool:
     return out.stdout.strip() == ""
 
 
-def wait_idle(slurm: Any, timeout: float = 60) -> None:
+def wait_idle(idle: Callable[[], bool], timeout: float = 60) -> None:
+    """Until ``idle()`` (no job in the queue), at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if node_idle(slurm):
+        if idle():
             return
         time.sleep(0.2)
     raise SystemExit("the node did not become idle between runs")
@@ -188,11 +196,30 @@ async def main() -> None:
     parser.add_argument(
         "--submit", choices=("ssh", "local"), default="ssh", help="slurm: sbatch over SSH or here"
     )
+    parser.add_argument(
+        "--topology",
+        action="store_true",
+        help="slurm on tests/cluster/topology.sh's laptop -> login -> compute node cluster "
+        "(root; brought up and down by this run)",
+    )
+    parser.add_argument(
+        "--wait-topology",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="if someone else's topology is up, wait for it to go down (checked every 30 s)",
+    )
     parser.add_argument("--json", action="store_true", help="print the raw numbers as JSON")
     args = parser.parse_args()
 
     if args.backend == "local":
         cold, warm = await local_runs(args.cold, args.warm)
+        report(args, cold, warm)
+        return
+    if args.topology:
+        if args.submit != "ssh":
+            raise SystemExit("--topology submits over SSH to its login node (no --submit local)")
+        cold, warm = await topology_runs(args.cold, args.warm, args.wait_topology)
         report(args, cold, warm)
         return
 
@@ -203,18 +230,41 @@ async def main() -> None:
     try:
         with cluster(workdir) as (slurm, sshd):
             env = server_env(workdir, sshd, slurm, args.submit)
-            cold: list[dict[str, float]] = []
-            for i in range(args.cold):
-                wait_idle(slurm)
-                run = await cold_run(env)
-                cold.append(run)
-                print(f"cold {i + 1}/{args.cold}: {run['total']:.2f} s", file=sys.stderr)
-            wait_idle(slurm)
-            warm = await warm_runs(env, args.warm) if args.warm else []
+            cold, warm = await cold_and_warm(env, args.cold, args.warm, lambda: node_idle(slurm))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     report(args, cold, warm)
+
+
+async def cold_and_warm(
+    env: dict[str, str], n_cold: int, n_warm: int, idle: Callable[[], bool]
+) -> tuple[list[dict[str, float]], list[float]]:
+    """``n_cold`` cold starts, each on an idle cluster, then ``n_warm`` warm session starts."""
+    cold: list[dict[str, float]] = []
+    for i in range(n_cold):
+        wait_idle(idle)
+        run = await cold_run(env)
+        cold.append(run)
+        print(f"cold {i + 1}/{n_cold}: {run['total']:.2f} s", file=sys.stderr)
+    wait_idle(idle)
+    warm = await warm_runs(env, n_warm) if n_warm else []
+    return cold, warm
+
+
+async def topology_runs(
+    n_cold: int, n_warm: int, wait: float
+) -> tuple[list[dict[str, float]], list[float]]:
+    """The same on the multi-host topology: laptop -> login node -> compute node."""
+    import multihost
+
+    workdir = Path(tempfile.mkdtemp(prefix="jlabgw-coldstart-"))
+    try:
+        with multihost.cluster(wait) as cluster:
+            env = multihost.server_env(workdir, cluster)
+            return await cold_and_warm(env, n_cold, n_warm, lambda: multihost.queue_empty(cluster))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def local_runs(n_cold: int, n_warm: int) -> tuple[list[dict[str, float]], list[float]]:
@@ -242,6 +292,8 @@ async def local_runs(n_cold: int, n_warm: int) -> tuple[list[dict[str, float]], 
 
 def report(args: argparse.Namespace, cold: list[dict[str, float]], warm: list[float]) -> None:
     where = f"slurm, sbatch {'over SSH' if args.submit == 'ssh' else 'here'}"
+    if args.topology:
+        where = "slurm, multi-host topology: laptop -> login (sbatch over SSH) -> compute node"
     path = where if args.backend == "slurm" else "local"
     if args.json:
         print(json.dumps({"path": path, "cold": cold, "warm": warm}, indent=1))

@@ -18,7 +18,21 @@ Faults:
                     error, then resume on the gateway the job starts in its place
 
 Needs root and tests/cluster/setup-system.sh (it starts the test SLURM and a login sshd).
-Usage: python benchmarks/faults.py [--trials 3] [--json]
+
+--topology runs the matrix on tests/cluster/topology.sh's multi-host cluster instead: jlabgw
+here (the laptop) with the topology's config, sbatch over SSH on the login node, the job on
+compute node c1 or c2, its tunnel through the login node as a jump host. There the one-host
+sshd (both hops at once) becomes two:
+  ssh-drop-idle,    every SSH connection's sshd SIGKILLed on the login node and on the job's
+  ssh-drop-running  node (the listeners stay), between two cells / while a cell prints
+  sshd-restart      the login node's sshd and its connections down for 2 s while a cell prints
+and the network faults are added (each while a cell prints for 8 s):
+  laptop-link-down  the laptop <-> login link down for 5 s
+  compute-link-down the login <-> compute node link (the job's node) down for 5 s
+  node-sshd-restart the compute node's sshd and every connection to it killed and restarted
+The topology is brought up before the trials and down after them, and only if nobody else's is
+up (--wait-topology SECONDS waits for that, checking every 30 s).
+Usage: python benchmarks/faults.py [--trials 3] [--topology] [--only FAULT] [--json]
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +59,17 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 LINES = 6
 
 
-def cell(tag: str, pause: float = 0.4) -> str:
-    """Prints LINES numbered lines; records its run in the kernel (a re-run shows twice)."""
+def cell(tag: str, pause: float = 0.4, lines: int = LINES) -> str:
+    """Prints ``lines`` numbered lines; records its run in the kernel (a re-run shows twice)."""
     return (
         f"_runs = globals().setdefault('_runs', []); _runs.append({tag!r})\n"
-        f"import time\nfor i in range({LINES}):\n"
+        f"import time\nfor i in range({lines}):\n"
         f"    print('{tag}', i, flush=True)\n    time.sleep({pause})\n"
     )
 
 
-def lines_of(tag: str) -> list[str]:
-    return [f"{tag} {i}" for i in range(LINES)]
+def lines_of(tag: str, lines: int = LINES) -> list[str]:
+    return [f"{tag} {i}" for i in range(lines)]
 
 
 @contextlib.asynccontextmanager
@@ -97,8 +111,21 @@ async def runs_of(client: Any, sid: str, tag: str) -> int:
     return int(text(result).strip().splitlines()[-1])
 
 
-def missing(tag: str, seen: str) -> int:
-    return sum(line not in seen for line in lines_of(tag))
+def missing(tag: str, seen: str, lines: int = LINES) -> int:
+    return sum(line not in seen for line in lines_of(tag, lines))
+
+
+async def to_the_end(client: Any, sid: str, result: Any, limit: int = 10) -> tuple[Any, str]:
+    """A cell still running after JLABGW_EXEC_WAIT is followed with get_execution (at most
+    ``limit`` more reports): (the last report, the text of them all)."""
+    seen = text(result)
+    for _ in range(limit):
+        if result.is_error or (result.meta or {}).get("status") not in ("running", "queued"):
+            break
+        execution_id = result.meta["execution_id"]
+        result = await call(client, "get_execution", session_id=sid, execution_id=execution_id)
+        seen += text(result)
+    return result, seen
 
 
 def notebook_text(path: str, index: int) -> str:
@@ -115,35 +142,128 @@ def notebook_text(path: str, index: int) -> str:
             time.sleep(0.2)
 
 
-async def in_background(seconds: float, action: Any) -> None:
+async def in_background(seconds: float, action: Any) -> Any:
     await asyncio.sleep(seconds)
-    await asyncio.to_thread(action)
+    return await asyncio.to_thread(action)
 
 
-async def trial_connection_fault(env: dict[str, str], sshd: Any, kind: str, n: int) -> dict:
+class OneHost:
+    """The one-host setup (coldstart.cluster): one sshd is the login node and the node's."""
+
+    def __init__(self, slurm: Any, sshd: Any) -> None:
+        self.slurm, self.sshd = slurm, sshd
+
+    def fault(self, kind: str, node: str) -> Callable[[], Any]:
+        """The action that injects ``kind`` (``node``: the job's)."""
+        if kind in ("ssh-drop-idle", "ssh-drop-running"):
+            return self.sshd.drop_connections
+        if kind == "sshd-restart":
+            return lambda: self.sshd.restart(down_for=2.0)
+        raise ValueError(f"no {kind} on one host")
+
+    def scancel(self, job: str) -> None:
+        subprocess.run(["scancel", job], env=self.slurm.env, check=True, timeout=30)
+
+    def listed(self, job: str) -> bool:
+        """squeue still lists ``job``."""
+        out = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%T"],
+            capture_output=True,
+            text=True,
+            env=self.slurm.env,
+            timeout=30,
+        )
+        return bool(out.stdout.strip())
+
+    def connection_file(self, job: str) -> Path:
+        import pwd
+
+        home = Path(pwd.getpwnam(self.sshd.user).pw_dir)
+        return home / ".jlabgw" / "connections" / f"jlabgw-{job}.json"
+
+    def cancel_all(self) -> None:
+        subprocess.run(
+            ["scancel", "--name=jlabgw-bench"], env=self.slurm.env, check=False, timeout=30
+        )
+
+
+class MultiHost:
+    """tests/cluster/topology.sh's cluster: the faults cut real links and kill real sshds."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+
+    def fault(self, kind: str, node: str) -> Callable[[], Any]:
+        from tests import topology as topo
+
+        import multihost
+
+        cluster = self.cluster
+        if kind in ("ssh-drop-idle", "ssh-drop-running"):
+            return lambda: multihost.drop_connections(cluster, (topo.LOGIN, node))
+        if kind == "sshd-restart":
+            return lambda: multihost.restart_login_sshd(cluster, down_for=2.0)
+        if kind == "laptop-link-down":
+            return lambda: multihost.link_down(cluster, cluster.laptop_link(), CUT_SECONDS)
+        if kind == "compute-link-down":
+            link = cluster.compute_link(node)
+            return lambda: multihost.link_down(cluster, link, CUT_SECONDS, node)
+        if kind == "node-sshd-restart":
+            return lambda: multihost.restart_node_sshd(cluster, node)
+        raise ValueError(kind)
+
+    def scancel(self, job: str) -> None:
+        self.cluster.scancel(job)  # as the user, on the login node
+
+    def listed(self, job: str) -> bool:
+        return bool(self.cluster.squeue_state(job))
+
+    def connection_file(self, job: str) -> Path:
+        import multihost
+
+        return multihost.connection_file(self.cluster, job)
+
+    def cancel_all(self) -> None:
+        self.cluster.cancel_user_jobs()
+
+
+CUT_SECONDS = 5.0
+NETWORK_LINES, NETWORK_PAUSE = 20, 0.4  # the network faults' cell prints for 8 s
+
+
+async def trial_connection_fault(env: dict[str, str], where: Any, kind: str, n: int) -> dict:
     tag = f"{kind}-{n}"
+    lines = LINES
     async with server(env) as client:
         sid = await new_session(client, tag)
         if kind == "ssh-drop-idle":
             await call(client, "execute_code", session_id=sid, code="1")
-            sshd.drop_connections()
+            node = (await status(client))["job"]["node"]
+            done = await asyncio.to_thread(where.fault(kind, node))
             result = await call(client, "execute_code", session_id=sid, code=cell(tag, 0.1))
         else:
-            fault = sshd.drop_connections if kind == "ssh-drop-running" else sshd_restart(sshd)
-            injector = asyncio.create_task(in_background(0.8, fault))
-            result = await call(client, "execute_code", session_id=sid, code=cell(tag))
+            if kind in NETWORK_KINDS:
+                lines, pause, after = NETWORK_LINES, NETWORK_PAUSE, 1.0
+            else:
+                pause, after = 0.4, 0.8
+            node = (await status(client))["job"]["node"]
+            injector = asyncio.create_task(in_background(after, where.fault(kind, node)))
+            code = cell(tag, pause, lines)
+            t0 = time.monotonic()
+            result = await call(client, "execute_code", session_id=sid, code=code)
             await injector
+            done = injector.result()
+        result, streamed = await to_the_end(client, sid, result)
+        if kind in NETWORK_KINDS:  # the fault ended while the cell still printed
+            done = {**(done or {}), "cell_s": round(time.monotonic() - t0, 2)}
         ok = not result.is_error
         state = await status(client)
         notebook = mine(state, sid)["notebook_path"]
         runs = await runs_of(client, sid, tag)
         await call(client, "shutdown_session", session_id=sid)
-    seen = text(result) + notebook_text(notebook, 1)
-    return {"survived": ok, "lost": missing(tag, seen), "rerun": max(0, runs - 1)}
-
-
-def sshd_restart(sshd: Any) -> Any:
-    return lambda: sshd.restart(down_for=2.0)
+    seen = streamed + notebook_text(notebook, 1)
+    outcome = {"survived": ok, "lost": missing(tag, seen, lines), "rerun": max(0, runs - 1)}
+    return outcome | ({"fault": done} if done is not None else {})
 
 
 async def trial_server_kill(env: dict[str, str], n: int) -> dict:
@@ -231,27 +351,22 @@ async def one_cell_ran(client: Any, tag: str) -> tuple[str, str, str]:
     return sid, state["job"]["id"], mine(state, sid)["notebook_path"]
 
 
-async def trial_job_cancel(env: dict[str, str], slurm: Any, n: int) -> dict:
+async def trial_job_cancel(env: dict[str, str], where: Any, n: int) -> dict:
     tag = f"job-cancel-{n}"
     async with server(env) as client:
         sid, job, notebook = await one_cell_ran(client, tag)
-        await asyncio.to_thread(
-            subprocess.run, ["scancel", job], env=slurm.env, check=True, timeout=30
-        )
-        await asyncio.to_thread(gone, slurm, job)  # a job ending still answers for a moment
+        await asyncio.to_thread(where.scancel, job)
+        await asyncio.to_thread(gone, where, job)  # a job ending still answers for a moment
         ok, seconds, runs = await lost_then_resumed(client, sid, tag, notebook, "no longer running")
     # the resumed notebook re-ran the cell once on the new job: _runs has it once there
     return {"survived": ok, "lost": 0, "rerun": max(0, runs - 1), "detected_s": seconds}
 
 
-async def trial_gateway_kill(env: dict[str, str], sshd: Any, n: int) -> dict:
-    import pwd
-
+async def trial_gateway_kill(env: dict[str, str], where: Any, n: int) -> dict:
     tag = f"gateway-kill-{n}"
     async with server(env) as client:
         sid, job, notebook = await one_cell_ran(client, tag)
-        home = Path(pwd.getpwnam(sshd.user).pw_dir)
-        info = json.loads((home / ".jlabgw" / "connections" / f"jlabgw-{job}.json").read_text())
+        info = json.loads(where.connection_file(job).read_text())
         os.kill(int(info["gateway_pid"]), signal.SIGKILL)
         ok, seconds, runs = await lost_then_resumed(
             client, sid, tag, notebook, "started a new gateway"
@@ -266,70 +381,89 @@ async def trial_gateway_kill(env: dict[str, str], sshd: Any, n: int) -> dict:
     }
 
 
-def gone(slurm: Any, job: str, timeout: float = 60) -> None:
+def gone(where: Any, job: str, timeout: float = 60) -> None:
     """Wait (bounded) until squeue no longer lists ``job``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        listed = subprocess.run(
-            ["squeue", "-h", "-j", job, "-o", "%T"],
-            capture_output=True,
-            text=True,
-            env=slurm.env,
-            timeout=30,
-        )
-        if not listed.stdout.strip():
+        if not where.listed(job):
             return
         time.sleep(0.2)
 
 
 KINDS = ("ssh-drop-idle", "ssh-drop-running", "sshd-restart", "server-kill", "kernel-kill")
 KINDS += ("gateway-kill", "job-cancel")
+NETWORK_KINDS = ("laptop-link-down", "compute-link-down", "node-sshd-restart")  # --topology
 
 
-async def run_trial(kind: str, env: dict[str, str], slurm: Any, sshd: Any, n: int) -> dict:
+async def run_trial(kind: str, env: dict[str, str], where: Any, n: int) -> dict:
     if kind == "server-kill":
         return await trial_server_kill(env, n)
     if kind == "kernel-kill":
         return await trial_kernel_kill(env, n)
     if kind == "job-cancel":
-        return await trial_job_cancel(env, slurm, n)
+        return await trial_job_cancel(env, where, n)
     if kind == "gateway-kill":
-        return await trial_gateway_kill(env, sshd, n)
-    return await trial_connection_fault(env, sshd, kind, n)
+        return await trial_gateway_kill(env, where, n)
+    return await trial_connection_fault(env, where, kind, n)
+
+
+async def run_matrix(
+    args: argparse.Namespace, env: dict[str, str], where: Any, kinds: tuple[str, ...]
+) -> dict[str, list[dict[str, Any]]]:
+    """``args.trials`` rounds of every fault of ``kinds`` (or ``args.only``)."""
+    env |= {"JLABGW_KEEP_JOB": "1", "JLABGW_EXEC_WAIT": "60", "JLABGW_LOG_LEVEL": args.log_level}
+    table: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for n in range(args.trials):
+            for kind in kinds:
+                if args.only and kind != args.only:
+                    continue
+                outcome = await run_trial(kind, env, where, n)
+                print(f"{kind} #{n + 1}: {outcome}", file=sys.stderr)
+                table.setdefault(kind, []).append(outcome)
+    finally:
+        await asyncio.to_thread(where.cancel_all)
+    return table
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--only", help="run only this fault (for debugging)")
+    parser.add_argument(
+        "--only", choices=KINDS + NETWORK_KINDS, help="run only this fault (for debugging)"
+    )
     parser.add_argument("--log-level", default="ERROR", help="the servers' log level (stderr)")
+    parser.add_argument(
+        "--topology",
+        action="store_true",
+        help="on tests/cluster/topology.sh's laptop -> login -> compute node cluster, with the "
+        "network faults (root; brought up and down by this run)",
+    )
+    parser.add_argument(
+        "--wait-topology",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="if someone else's topology is up, wait for it to go down (checked every 30 s)",
+    )
     args = parser.parse_args()
+    if args.only in NETWORK_KINDS and not args.topology:
+        raise SystemExit(f"{args.only} is a fault of the multi-host topology: add --topology")
 
     import coldstart
+    import multihost
 
     workdir = Path(tempfile.mkdtemp(prefix="jlabgw-faults-"))
-    table: dict[str, list[dict[str, Any]]] = {}
     try:
-        with coldstart.cluster(workdir) as (slurm, sshd):
-            env = coldstart.server_env(workdir, sshd, slurm, "ssh")
-            env |= {
-                "JLABGW_KEEP_JOB": "1",
-                "JLABGW_EXEC_WAIT": "60",
-                "JLABGW_LOG_LEVEL": args.log_level,
-            }
-            try:
-                for n in range(args.trials):
-                    for kind in KINDS:
-                        if args.only and kind != args.only:
-                            continue
-                        outcome = await run_trial(kind, env, slurm, sshd, n)
-                        print(f"{kind} #{n + 1}: {outcome}", file=sys.stderr)
-                        table.setdefault(kind, []).append(outcome)
-            finally:
-                await asyncio.to_thread(
-                    subprocess.run, ["scancel", "--name=jlabgw-bench"], env=slurm.env, check=False
-                )
+        if args.topology:
+            with multihost.cluster(args.wait_topology) as cluster:
+                env = multihost.server_env(workdir, cluster)
+                table = await run_matrix(args, env, MultiHost(cluster), KINDS + NETWORK_KINDS)
+        else:
+            with coldstart.cluster(workdir) as (slurm, sshd):
+                env = coldstart.server_env(workdir, sshd, slurm, "ssh")
+                table = await run_matrix(args, env, OneHost(slurm, sshd), KINDS)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:

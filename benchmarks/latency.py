@@ -9,7 +9,13 @@
 (t) tunnel:  with --tunnel, (b) through jlabgw's SSH forwarder and a real OpenSSH sshd on
              127.0.0.1 (the test suite's: needs root and tests/cluster/setup-system.sh)
 (s) slurm:   with --slurm, (c) with the SLURM backend: sbatch over SSH as the test user, the
-             gateway in the job, the kernel reached through the tunnel (root, as for (t))
+             gateway in the job, the kernel reached through the tunnel (root, as for (t)); the
+             "login node" and the node are this machine: one SSH hop
+(m) multi-host: with --topology (implies --slurm), (s) on tests/cluster/topology.sh's cluster:
+             jlabgw here (the laptop, with the topology's config), sbatch over SSH on the login
+             node, the kernel on compute node c1/c2 reached through the login node as a jump
+             host: two SSH hops over veth links. The topology is brought up and down by this
+             run, and only if nobody else's is up (--wait-topology SECONDS to wait for it)
 
 --plot FILE writes a bar chart (PNG) of the medians with p90 whiskers; README embeds
 benchmarks/latency.png.
@@ -17,8 +23,8 @@ benchmarks/latency.png.
 The three paths are set up together and timed round-robin (one call each per round), so a
 change in the machine's load affects all of them alike. Prints median and p90 per path and the
 ratio of each median to the floor's.
-Usage: python benchmarks/latency.py [--n 300] [--warmup 30] [--tunnel] [--slurm] [--json]
-                                   [--plot benchmarks/latency.png]
+Usage: python benchmarks/latency.py [--n 300] [--warmup 30] [--tunnel] [--slurm] [--topology]
+                                   [--json] [--plot benchmarks/latency.png]
 """
 
 from __future__ import annotations
@@ -186,11 +192,32 @@ async def slurm_path(workdir: Path) -> AsyncIterator[Callable[[], Awaitable[None
             yield once
 
 
+@contextlib.asynccontextmanager
+async def topology_path(
+    workdir: Path, wait: float = 0.0
+) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """(m) (s) on the multi-host topology: laptop -> login node -> compute node."""
+    import multihost  # benchmarks/ is on sys.path (see the top of this file)
+
+    with multihost.cluster(wait) as cluster:
+        env = multihost.server_env(workdir / "topology", cluster)
+        async with mcp_path(workdir, env) as once:
+            yield once
+
+
 async def measure(
-    n: int, warmup: int, workdir: Path, tunnel: bool, slurm: bool = False
+    n: int,
+    warmup: int,
+    workdir: Path,
+    tunnel: bool,
+    slurm: bool = False,
+    topology: bool = False,
+    wait_topology: float = 0.0,
 ) -> dict[str, list[float]]:
     """All paths set up at once and timed round-robin, so they share the machine's state."""
+    slurm = slurm or topology
     names = list(PATHS) + ([TUNNEL] if tunnel else []) + ([SLURM] if slurm else [])
+    names += [TOPOLOGY] if topology else []
     samples: dict[str, list[float]] = {name: [] for name in names}
     with Floor() as floor:
         async with contextlib.AsyncExitStack() as stack:
@@ -204,6 +231,10 @@ async def measure(
                 runners.append(await stack.enter_async_context(tunnel_path(workdir)))
             if slurm:
                 runners.append(await stack.enter_async_context(slurm_path(workdir)))
+            if topology:
+                runners.append(
+                    await stack.enter_async_context(topology_path(workdir, wait_topology))
+                )
             paths = dict(zip(names, runners, strict=True))
             for i in range(warmup + n):
                 for name, once in paths.items():
@@ -223,6 +254,7 @@ PATHS = (
 )
 TUNNEL = "gateway client through the SSH forwarder (sshd)"
 SLURM = "execute_code over MCP stdio, SLURM backend + SSH tunnel"
+TOPOLOGY = "execute_code over MCP stdio, SLURM backend, multi-host: laptop -> login -> node"
 
 
 def plot(results: dict[str, dict[str, float]], path: Path) -> None:
@@ -262,6 +294,19 @@ def main() -> int:
     parser.add_argument(
         "--slurm", action="store_true", help="add path (s): SLURM backend (root + test cluster)"
     )
+    parser.add_argument(
+        "--topology",
+        action="store_true",
+        help="add paths (s) and (m): SLURM on one host and on tests/cluster/topology.sh's "
+        "laptop -> login -> compute node cluster (root; brought up and down by this run)",
+    )
+    parser.add_argument(
+        "--wait-topology",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="if someone else's topology is up, wait for it to go down (checked every 30 s)",
+    )
     parser.add_argument("--plot", type=Path, help="write a PNG bar chart here")
     parser.add_argument("--save", type=Path, help="also write the results as JSON here")
     parser.add_argument("--replot", type=Path, help="plot saved results (--save) instead")
@@ -271,7 +316,17 @@ def main() -> int:
         results = json.loads(args.replot.read_text())
     else:
         with tempfile.TemporaryDirectory(prefix="jlabgw-bench-") as tmp:
-            samples = asyncio.run(measure(args.n, args.warmup, Path(tmp), args.tunnel, args.slurm))
+            samples = asyncio.run(
+                measure(
+                    args.n,
+                    args.warmup,
+                    Path(tmp),
+                    args.tunnel,
+                    args.slurm,
+                    args.topology,
+                    args.wait_topology,
+                )
+            )
         results = {name: summarize(values) for name, values in samples.items()}
         floor = next(iter(results.values()))["median_ms"]
         for row in results.values():
