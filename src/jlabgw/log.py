@@ -1,7 +1,9 @@
 """Logging to stderr only (stdout is the MCP stdio channel), with secrets redacted.
 
 Tokens are never logged on purpose; :func:`register_secret` adds a filter-level guarantee so a
-token that slips into a message or an exception text is replaced by ``***``.
+token that slips into a message, an exception's traceback (``exc_text``) or a stack is replaced
+by ``***``: the filter redacts the message and the traceback it formats once on the record, and
+the handler's formatter redacts its whole output as a backstop.
 """
 
 from __future__ import annotations
@@ -26,30 +28,50 @@ def register_secret(secret: str) -> None:
         _SECRETS.add(secret)
 
 
+def _redact(text: str) -> str:
+    for secret in _SECRETS:
+        text = text.replace(secret, "***")
+    return text
+
+
 class _RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if _SECRETS:
             message = record.getMessage()
-            redacted = message
-            for secret in _SECRETS:
-                redacted = redacted.replace(secret, "***")
+            redacted = _redact(message)
             if redacted != message:
                 record.msg, record.args = redacted, None
+            # Formatter.format caches the traceback in exc_text and reuses it: format it here,
+            # redacted, so no handler of this record prints the secret
+            if record.exc_info and not record.exc_text:
+                record.exc_text = _FORMATTER.formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = _redact(record.exc_text)
+            if record.stack_info:
+                record.stack_info = _redact(record.stack_info)
         return True
+
+
+class _RedactingFormatter(logging.Formatter):
+    """The whole formatted record, registered secrets redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _redact(super().format(record))
+
+
+_FORMATTER = logging.Formatter()
 
 
 def mask_secrets(text: str) -> str:
     """``text`` with registered secrets and secret-looking assignments replaced by ``***``
     (a ``remote_setup`` may export an API token for the job)."""
-    for secret in _SECRETS:
-        text = text.replace(secret, "***")
-    return _SECRET_ASSIGNMENT.sub(r"\1***", text)
+    return _SECRET_ASSIGNMENT.sub(r"\1***", _redact(text))
 
 
 def configure_logging(level: str) -> None:
     """Send jlabgw's (and its libraries') log records to stderr at ``level``."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_RedactSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]
