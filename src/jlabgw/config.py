@@ -13,6 +13,7 @@ at the top of the file) selects them. Environment variables and flags still win 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,9 @@ __all__ = [
 ]
 
 ENV_PREFIX = "JLABGW_"
+
+# a job name becomes part of file names on the cluster and here: one plain path component
+_JOB_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 def _default_state_dir() -> Path:
@@ -171,6 +175,16 @@ class Settings(BaseModel):
     def _empty_is_unset(cls, value: object) -> object:
         """``JLABGW_SSH_KEY=`` means "not set", not the current directory."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("job_name", mode="after")
+    @classmethod
+    def _plain_job_name(cls, value: str) -> str:
+        if not _JOB_NAME.fullmatch(value):
+            raise ValueError(
+                "a job name is used in file names: letters, digits, '-', '_' and '.' only, not "
+                "starting with '.' or '-', at most 128 characters"
+            )
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
