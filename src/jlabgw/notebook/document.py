@@ -11,6 +11,16 @@ The cost of a write must not grow with the notebook: every cell's JSON is cached
 names the cells it changes (``editing(cell)``), so a write serialises and validates only those
 cells, plus the small top level, and joins the cached bytes of the rest. The file is
 byte-for-byte what ``json.dumps(nb, sort_keys=True, indent=1)`` gives.
+
+A person may edit the file meanwhile (JupyterLab, VS Code). After each write the file's
+``(st_mtime_ns, st_size, st_ino)`` is kept with the cells' JSON as written (the *base*); before
+the next write (and before a tool resolves a cell index, :meth:`NotebookDoc.sync`) one
+``os.stat`` tells whether anyone else wrote the file. Only then is it read and merged, by cell
+id (:mod:`.merge`): the person's version is the base, the agent's changes since the last
+write go on top, and the model becomes the merged notebook. A merge that would lose someone's
+work (the person deleted a cell the agent changed or is still recording into; the file is
+not a valid notebook) leaves the person's file alone: the session's view goes to
+``name.jlabgw-conflict.ipynb`` and :attr:`NotebookDoc.conflict` says so.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from nbformat import NotebookNode
 from nbformat.corpus.words import generate_corpus_id
 
 from jlabgw.errors import CellIndexError, NotebookError
+from jlabgw.notebook.merge import MergeConflict, merge_into
 
 if TYPE_CHECKING:
     from jlabgw.notebook.writer import NotebookWriter
@@ -59,6 +70,21 @@ class NotebookDoc:
         self._cache: dict[int, tuple[NotebookNode, bytes, bool]] = {}
         self._stale: set[int] = set()
         self._all_stale = True
+        # What the file held when this process last wrote (or merged) it: its stat signature
+        # and each cell's JSON by cell id (the base of a merge with a person's edits).
+        self.conflict: str | None = None  # why the session's view is in conflict_path
+        self._disk_sig: tuple[int, int, int] | None = None  # None: not written by us yet
+        self._base: dict[str, bytes] = {}
+        self._base_top: dict[str, bytes] = {}
+        # what serialize() made: version, cells' and top level's JSON, size, in conflict?,
+        # and the file's signature its merge check saw
+        self._serialized: (
+            tuple[int, dict[str, bytes], dict[str, bytes], int, bool, tuple[int, int, int] | None]
+            | None
+        ) = None
+        self._conflict_sig: tuple[int, int, int] | None = None  # the file a merge failed on
+        self._checked_sig: tuple[int, int, int] | None = None  # the file the last sync saw
+        self._held: set[int] = set()  # id(cell) of cells still recording (running)
 
     # -- construction --------------------------------------------------------------------------
 
@@ -89,6 +115,7 @@ class NotebookDoc:
     def open(cls, path: Path, writer: NotebookWriter) -> NotebookDoc:
         """Load an existing notebook, upgrading it to nbformat 4.5 (cell ids) in memory."""
         try:
+            sig = _signature(path)
             nb = nbformat.read(path, as_version=4)
         except OSError as exc:
             raise NotebookError(f"cannot read {path}: {exc.strerror}") from exc
@@ -104,7 +131,9 @@ class NotebookDoc:
             nbformat.validate(nb)
         except nbformat.ValidationError as exc:
             raise NotebookError(f"{path} does not validate as nbformat 4: {exc.message}") from exc
-        return cls(path, nb, writer)
+        doc = cls(path, nb, writer)
+        doc._adopt_disk(nb, sig)
+        return doc
 
     # -- mutation ------------------------------------------------------------------------------
 
@@ -132,13 +161,20 @@ class NotebookDoc:
             yield self.nb
 
     def append_cell(self, cell: NotebookNode) -> int:
-        with self.editing() as nb:
-            nb.cells.append(cell)
-            return len(nb.cells) - 1
+        """Append ``cell``; its index in the notebook as it is on disk now (see :meth:`sync`)."""
+        with self._lock:
+            self._sync_locked()
+            with self.editing() as nb:
+                nb.cells.append(cell)
+                return len(nb.cells) - 1
 
     def cell_index(self, index: int) -> int:
-        """Normalise a possibly negative index; raise a helpful error when out of range."""
+        """Normalise a possibly negative index; raise a helpful error when out of range.
+
+        Indexes refer to the notebook as it is on disk now: a person's saved edits are merged
+        in first (:meth:`sync`)."""
         with self._lock:
+            self.sync()
             count = len(self.nb.cells)
         if -count <= index < count:
             return index % count
@@ -148,6 +184,162 @@ class NotebookDoc:
             f"cell index {index} is out of range: the notebook has {count} cells "
             f"(valid: 0..{count - 1}, or -1..-{count} from the end)"
         )
+
+    def index_of(self, cell: NotebookNode) -> int:
+        """Where ``cell`` is in the notebook as it is on disk now (see :meth:`sync`)."""
+        with self._lock:
+            self.sync()
+            for index, other in enumerate(self.nb.cells):
+                if other is cell:
+                    return index
+        raise CellIndexError(
+            f"cell {cell.get('id')!r} is no longer in {self.path.name}: it was deleted from "
+            "the file meanwhile"
+        )
+
+    def hold(self, cell: NotebookNode) -> None:
+        """``cell`` is recording a run: a person deleting it is a conflict, and its outputs
+        are the session's (a person's stale copy of them never replaces them)."""
+        with self._lock:
+            self._held.add(id(cell))
+
+    def release(self, cell: NotebookNode) -> None:
+        with self._lock:
+            self._held.discard(id(cell))
+
+    @property
+    def conflict_path(self) -> Path:
+        """Where the session's view goes while it cannot be merged into the person's file."""
+        return self.path.with_name(f"{self.path.stem}.jlabgw-conflict.ipynb")
+
+    # -- a person's edits ----------------------------------------------------------------------
+
+    def sync(self) -> bool:
+        """Merge a person's saved edits into the model if the file changed since this process
+        last wrote it: one ``os.stat`` when it did not. True if the model changed."""
+        with self._lock:
+            return self._sync_locked()
+
+    def _sync_locked(self) -> bool:
+        if self._disk_sig is None:
+            return False  # never written by us: nothing to compare with
+        try:
+            sig: tuple[int, int, int] | None = _signature(self.path)
+        except OSError:
+            sig = None  # gone (written again whole) or unreadable (the write reports it)
+        self._checked_sig = sig
+        if sig is None or sig == self._disk_sig:
+            return False
+        if sig == self._conflict_sig:
+            return False  # same file as the failed merge: still a conflict
+        try:
+            theirs = _read_notebook(self.path)
+        except OSError:
+            return False  # not a file we can read (a directory …): the write reports it
+        except Exception as exc:  # a half-saved file, not JSON, not a notebook …
+            return self._set_conflict(
+                sig, f"{self.path.name} is no longer a valid notebook ({exc})"
+            )
+        try:
+            differ = merge_into(
+                self.nb,
+                theirs,
+                base=self._base,
+                base_top=self._base_top,
+                current=self._current_bytes,
+                held=self._held,
+            )
+        except MergeConflict as exc:
+            return self._set_conflict(sig, str(exc))
+        log.warning("%s was edited outside jlabgw; merged the edits into the session", self.path)
+        self._adopt_disk(theirs, sig)
+        # the cells that are now exactly the person's are cached as the file holds them
+        self._cache = {
+            id(c): (c, self._base[str(c.id)], True)
+            for c in self.nb.cells
+            if id(c) not in differ and str(c.get("id")) in self._base
+        }
+        self._stale.clear()
+        self._all_stale = False
+        changed = bool(differ) or any(
+            _dumps(v, depth=1) != self._base_top.get(k) for k, v in self.nb.items() if k != "cells"
+        )
+        if self.conflict is not None:
+            log.warning("%s: the conflict is resolved; writing the file again", self.path)
+            self.conflict = None
+            self._conflict_sig = None
+            changed = True
+        if changed or self.version > self.written_version:
+            self.version += 1  # the merged notebook differs from the file: write it
+            self._writer.schedule(self)
+        return True
+
+    def _set_conflict(self, sig: tuple[int, int, int] | None, why: str) -> bool:
+        self._conflict_sig = sig
+        message = (
+            f"{why}. jlabgw does not overwrite {self.path.name}: your file is kept as it is, "
+            f"and the session's cells and outputs are written to {self.conflict_path.name} "
+            "instead, next to it. Undo the change in your editor and save (or copy what you "
+            f"need from {self.conflict_path.name}); the session writes {self.path.name} again "
+            "as soon as its edits can be merged"
+        )
+        if message != self.conflict:
+            log.warning("%s", message)
+        self.conflict = message
+        return False
+
+    def _current_bytes(self, cell: NotebookNode) -> bytes:
+        """``cell``'s JSON as the next write would put it in the file."""
+        key = id(cell)
+        entry = self._cache.get(key)
+        if entry is not None and not self._all_stale and key not in self._stale:
+            return entry[1]
+        return _dumps(cell, depth=2)
+
+    def _adopt_disk(self, nb: NotebookNode, sig: tuple[int, int, int]) -> None:
+        """``nb`` (read from the file with signature ``sig``) is what the file holds now."""
+        self._base = {}
+        for cell in nb.cells:
+            if "id" in cell:
+                self._base[str(cell.id)] = _dumps(cell, depth=2)
+        self._base_top = {k: _dumps(v, depth=1) for k, v in nb.items() if k != "cells"}
+        self._disk_sig = sig
+
+    def wrote(self, version: int) -> None:
+        """The writer put ``version``, as last serialised, in the file: it is the new base."""
+        with self._lock:
+            done = self._serialized
+            if done is None or done[0] != version:
+                self._disk_sig = (0, 0, 0)  # not known what the file holds: compare next time
+                return
+            self._serialized = None
+            size = done[3]
+            self._base, self._base_top = done[1], done[2]
+            try:
+                sig = _signature(self.path)
+            except OSError:
+                sig = (0, 0, 0)
+            # someone wrote between our replace and this stat: never mistake it for ours
+            self._disk_sig = sig if sig[1] == size else (0, 0, 0)
+
+    def write_target(self, version: int) -> Path | None:
+        """Where the writer puts ``version``, just serialised: the notebook, or the conflict
+        file while the person's edits cannot be merged. None: serialise again, the file
+        changed since (a person saved while the write was being prepared)."""
+        with self._lock:
+            done = self._serialized
+            if done is None or done[0] != version:
+                return None
+            conflict, seen = done[4], done[5]
+            if conflict:
+                return self.conflict_path
+            if self._disk_sig is None:
+                return self.path
+            try:
+                sig: tuple[int, int, int] | None = _signature(self.path)
+            except OSError:
+                sig = None
+            return self.path if sig == seen else None
 
     def snapshot(self) -> tuple[int, NotebookNode]:
         """A deep copy of the model and its version (for forking or reading without the lock)."""
@@ -163,9 +355,12 @@ class NotebookDoc:
         level and the changed cells together, against the full notebook schema.
         """
         with self._lock:
+            self._sync_locked()
+            conflict, seen = self.conflict is not None, self._checked_sig
             version = self.version
             cache: dict[int, tuple[NotebookNode, bytes, bool]] = {}
             parts: list[bytes] = []
+            by_id: dict[str, bytes] = {}
             unchecked: list[tuple[int, bytes, Any]] = []
             for cell in self.nb.cells:
                 key = id(cell)
@@ -176,6 +371,8 @@ class NotebookDoc:
                     unchecked.append((key, entry[1], _skeleton(cell)))
                 cache[key] = entry
                 parts.append(entry[1])
+                if "id" in cell:
+                    by_id[str(cell.id)] = entry[1]
             self._cache = cache
             self._stale.clear()
             self._all_stale = False
@@ -195,10 +392,30 @@ class NotebookDoc:
                 entry = self._cache.get(key)
                 if entry is not None and entry[1] is data:
                     self._cache[key] = (entry[0], data, True)
-        return version, _join({k: dumped for k, (dumped, _) in top.items()}, parts)
+        top_bytes = {k: dumped for k, (dumped, _) in top.items()}
+        whole = _join(top_bytes, parts)
+        with self._lock:
+            size = sum(len(p) for p in whole)
+            self._serialized = (version, by_id, top_bytes, size, conflict, seen)
+        return version, whole
 
     def flush(self, timeout: float = 30.0) -> None:
         self._writer.flush(self, timeout)
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    """What tells a file's versions apart without reading it."""
+    st = os.stat(path)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _read_notebook(path: Path) -> NotebookNode:
+    """The file as a person's editor saved it: a valid nbformat 4.5 notebook, or an error."""
+    nb: NotebookNode = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    if nb.nbformat_minor < 5 or any("id" not in cell for cell in nb.cells):
+        raise ValueError("it was saved without cell ids (nbformat older than 4.5)")
+    return nb
 
 
 def _dumps(value: Any, depth: int) -> bytes:

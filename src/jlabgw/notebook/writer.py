@@ -1,6 +1,9 @@
 """The thread that persists changed notebooks: validate, then replace the file atomically.
 
 See :mod:`jlabgw.notebook.document` for the model; a write serialises only changed cells.
+Before it, a person's edits saved since the last write are merged in (one ``os.stat`` when
+there are none); while they cannot be, the session's view goes to ``name.jlabgw-conflict.ipynb``
+and the person's file is left alone.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 
 _RETRY_FIRST = 2.0  # seconds before a failed write is tried again; doubles up to _RETRY_MAX
 _RETRY_MAX = 30.0
+_RACES = 3  # a person saving while we serialise: merge again, this many times per write
 
 
 class NotebookWriter:
@@ -131,10 +135,22 @@ class NotebookWriter:
 
     def _write(self, doc: NotebookDoc) -> None:
         try:
-            version, data = doc.serialize()
-            if version <= doc.written_version:
+            for _ in range(_RACES):
+                version, data = doc.serialize()  # merges a person's saved edits first
+                if version <= doc.written_version:
+                    return
+                # a conflict leaves the person's file as it is: the session's view goes next
+                # to it; a save by a person while we serialised is merged first
+                target = doc.write_target(version)
+                if target is None:
+                    continue
+                atomic_write(target, data)
+                if target == doc.path:
+                    doc.wrote(version)
+                break
+            else:
+                self._retry_soon(doc)
                 return
-            atomic_write(doc.path, data)
         except nbformat.ValidationError as exc:
             doc.write_error = (
                 f"not writing {doc.path}: the notebook would not validate ({exc.message}); "
@@ -163,6 +179,12 @@ class NotebookWriter:
             doc.retry_delay = 0.0
             with self._cond:
                 self._failed.pop(id(doc), None)
+
+    def _retry_soon(self, doc: NotebookDoc) -> None:
+        """The file kept changing under us (a person saving again and again): try later."""
+        timer = threading.Timer(self.delay or 0.1, self.schedule, args=(doc,))
+        timer.daemon = True
+        timer.start()
 
     def _note_failure(self, doc: NotebookDoc) -> None:
         """Remember ``doc`` failed, so that ``flush()`` of all notebooks reports it."""

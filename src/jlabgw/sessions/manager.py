@@ -333,7 +333,7 @@ class SessionManager:
         if cell.cell_type != "code":
             with session.doc.editing(cell):
                 cell.source = code
-            return f"cell {index} ({cell.cell_type}) updated; not executed"
+            return f"cell {index} ({cell.cell_type}) updated; not executed" + _conflict(session)
         return await self._runner.run(session, index, code, progress, wait=wait)
 
     async def get_execution(
@@ -353,7 +353,11 @@ class SessionManager:
     async def add_markdown(self, session_id: str, markdown: str) -> dict[str, Any]:
         session = self.get(session_id)
         index = session.doc.append_cell(new_markdown_cell(markdown))
-        return {"cell_index": index, "notebook_path": str(session.doc.path)}
+        result: dict[str, Any] = {"cell_index": index, "notebook_path": str(session.doc.path)}
+        warning = session.doc.write_error or session.doc.conflict
+        if warning:
+            result["warning"] = warning
+        return result
 
     # -- kernel control ------------------------------------------------------------------------
 
@@ -432,3 +436,9 @@ class SessionManager:
                 await asyncio.to_thread(self.writer.flush)
             except JlabgwError as exc:
                 log.error("%s", exc)
+
+
+def _conflict(session: Session) -> str:
+    """A warning to add to a short tool answer while the notebook cannot be written."""
+    warning = session.doc.write_error or session.doc.conflict
+    return f". Warning: {warning}" if warning else ""

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell
 
 from jlabgw.errors import CodeTooLargeError, GatewayError, SessionBusyError, SessionLostError
@@ -89,9 +90,11 @@ class Runner:
                 "follows it, interrupt_kernel stops it, or pass queue=true to run this after it"
             )
         execution = Execution(session.doc, cell_timeout)
+        # the cell itself, not its index: a person's edit merged meanwhile may move it
+        target = session.doc.nb.cells[index] if index is not None else None
         # The execution is its own task: a caller that stops waiting (or is cancelled)
         # leaves the cell running and recording into the notebook.
-        execution.task = background(self._execution(session, execution, index, code), _LEFT)
+        execution.task = background(self._execution(session, execution, target, code), _LEFT)
         session.runs[execution.id] = execution
         while len(session.runs) > _KEEP_RUNS and next(iter(session.runs.values())).done:
             session.runs.pop(next(iter(session.runs)))
@@ -148,7 +151,7 @@ class Runner:
         reply = execution.task.result() if done else None  # raises what the run raised
         outputs, redrawn = execution.new_outputs()
         execution.reports += 1
-        warnings = [session.doc.write_error] if session.doc.write_error else []
+        warnings = [w for w in (session.doc.write_error, session.doc.conflict) if w]
         warnings += await notices()
         if execution.timed_out:
             warnings.append(
@@ -173,15 +176,20 @@ class Runner:
         )
 
     async def _execution(
-        self, session: Session, execution: Execution, index: int | None, code: str | None
+        self,
+        session: Session,
+        execution: Execution,
+        target: NotebookNode | None,
+        code: str | None,
     ) -> dict[str, Any]:
         async with session.lock:
             doc = session.doc
-            if index is None:
+            if target is None:
                 cell = new_code_cell(code or "")
                 index = doc.append_cell(cell)
             else:
-                cell = doc.nb.cells[index]
+                cell = target
+                index = doc.index_of(cell)
                 with doc.editing(cell):
                     if code is not None:
                         cell.source = code
@@ -189,6 +197,7 @@ class Runner:
                     finish_cell(cell, None)  # no count, and no mark of an earlier run
             recorder = OutputRecorder(doc, cell, session.displays)
             execution.begin(cell, index, recorder)
+            doc.hold(cell)  # a person deleting it meanwhile is a conflict, not a lost output
             session.executions += 1
             watchdog = None
             if execution.timeout is not None:
@@ -210,6 +219,7 @@ class Runner:
                     watchdog.cancel()
                 execution.msg_id = None
                 self._on_cell()
+                doc.release(cell)
             content: dict[str, Any] = reply.get("content", {})
             with doc.editing(cell):
                 finish_cell(cell, content.get("execution_count"))
@@ -248,6 +258,7 @@ class Runner:
         # re-sends what came after it, which that server may have received but not written
         session.conn.resume_after(resume_point(cell))
         execution.begin(cell, index, OutputRecorder(doc, cell, session.displays))
+        doc.hold(cell)
         execution.task = background(self._adopted(session, execution), _LEFT)
         session.runs[execution.id] = execution
 
@@ -266,6 +277,7 @@ class Runner:
                 raise
             finally:
                 adopted.cancel()
+                session.doc.release(execution.cell)
             content: dict[str, Any] = reply.get("content", {})
             with session.doc.editing(execution.cell):
                 finish_cell(execution.cell, content.get("execution_count"))

@@ -82,7 +82,7 @@ class Session:
             state="busy" if self.lock.locked() else "idle",
             created_at=self.created_at,
             start_seconds=self.start_seconds,
-            notebook_write_error=self.doc.write_error,
+            notebook_write_error=self.doc.write_error or self.doc.conflict,
             resources=self.lane or "default",
         )
 
