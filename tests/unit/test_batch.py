@@ -61,11 +61,11 @@ def test_every_value_is_quoted(tmp_path: Path) -> None:
     settings = make_settings(
         tmp_path,
         slurm_partition=hostile,
-        job_name="my job $(x)",
+        slurm_account="my job $(x)",  # job_name itself is refused by Settings
         connection_dir="~/dir with space/'q'",
     )
     lines = sbatch_directives(settings)
-    assert lines[0] == "#SBATCH --job-name='my job $(x)'"
+    assert "#SBATCH --account='my job $(x)'" in lines
     assert lines[1] == "#SBATCH --partition='gpu'\"'\"'; touch /tmp/pwned; echo '\"'\"'$(id)'"
     script = render_batch_script(settings)
     assert "connection_dir=\"$HOME\"/'dir with space/'\"'\"'q'\"'\"''" in script
@@ -85,7 +85,7 @@ def test_every_value_is_quoted(tmp_path: Path) -> None:
     [
         ("slurm_partition", "gpu\n#SBATCH --account=steal"),
         ("slurm_mem", "4G\r"),
-        ("job_name", "a\tb"),
+        ("slurm_qos", "a\tb"),
     ],
 )
 def test_control_characters_refused(tmp_path: Path, key: str, value: str) -> None:
