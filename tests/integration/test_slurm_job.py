@@ -33,7 +33,11 @@ def submit(cluster: SlurmCluster, tmp_path: Path, **settings: str) -> tuple[str,
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     script = tmp_path / "job.sbatch"
-    script.write_text(render_batch_script(make_settings(tmp_path, **settings)))
+    job_name = settings.pop("job_name", None)
+    made = make_settings(tmp_path, **settings)
+    if job_name is not None:  # unvalidated: Settings refuses hostile names, the script quotes them
+        made = made.model_copy(update={"job_name": job_name})
+    script.write_text(render_batch_script(made))
     env = {**cluster.env, "HOME": str(home), "JLABGW_PYTHON": sys.executable}
     done = subprocess.run(
         ["sbatch", "--parsable", f"--output={tmp_path}/slurm-%j.out", str(script)],
