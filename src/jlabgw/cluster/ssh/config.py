@@ -28,6 +28,7 @@ from jlabgw.errors import HostKeyError, SSHError
 __all__ = [
     "HostSpec",
     "RejectUnknownHost",
+    "check_node_name",
     "fingerprint",
     "keyscan_command",
     "load_ssh_config",
@@ -36,6 +37,9 @@ __all__ = [
 ]
 
 _DEFAULT_KEEPALIVE = 30
+# a host name (RFC 1123 letters, digits, '-', '.'; or an IPv4 address): nothing a shell, an
+# ssh option or paramiko's "Match exec" could read as more than a name
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 _TARGET = re.compile(r"^(?:(?P<user>[^@]+)@)?(?P<host>\[[^\]]+\]|[^:]+)(?::(?P<port>\d+))?$")
 
 
@@ -59,6 +63,19 @@ class HostSpec:
     @property
     def known_hosts_name(self) -> str:
         return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+
+def check_node_name(node: str) -> str:
+    """``node`` if it is a plain host name, else :class:`SSHError`. A compute node's name comes
+    from the job (its connection file, squeue): it must not reach ssh config matching (paramiko
+    runs ``Match exec`` commands through a shell, with the name in them) or an ssh argv."""
+    if not _NODE_NAME.fullmatch(node):
+        raise SSHError(
+            f"refusing the compute node name {node!r} (from the job's connection file or "
+            "squeue) as an SSH target: it is not a host name (letters, digits, '-' and '.', "
+            "at most 253 characters, not starting with '-' or '.')"
+        )
+    return node
 
 
 def fingerprint(key: paramiko.PKey) -> str:

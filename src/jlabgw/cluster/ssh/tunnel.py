@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 from jlabgw.aio import task_succeeded
+from jlabgw.cluster.ssh.config import check_node_name
 from jlabgw.cluster.ssh.connection import SSHConnection
 from jlabgw.cluster.ssh.forward import Forwarder
 from jlabgw.config import Settings
@@ -28,9 +29,11 @@ Connect = Callable[[str], SSHConnection]
 
 
 def node_connector(settings: Settings) -> Connect:
-    """Connections to compute nodes: their own SSH port, through the login node if set."""
+    """Connections to compute nodes: their own SSH port, through the login node if set. A node
+    name that is not a host name is refused before any ssh config or connection sees it."""
 
     def connect(node: str) -> SSHConnection:
+        check_node_name(node)
         conn = SSHConnection(
             node, settings, port=settings.compute_ssh_port, jump=settings.ssh_host or None
         )
@@ -62,6 +65,7 @@ class NodeTunnel:
 
     async def open(self, node: str, port: int, token: str) -> GatewayEndpoint:
         """Forward a local port to ``127.0.0.1:port`` on ``node``; the endpoint through it."""
+        check_node_name(node)  # before the current tunnel is given up for it
         await asyncio.to_thread(self.close)
         conn = await self._take_ahead(node)
         return await asyncio.to_thread(self._forward, node, port, token, conn)
