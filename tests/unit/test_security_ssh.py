@@ -5,7 +5,7 @@ ssh config would hand it to a shell)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -17,7 +17,7 @@ from jlabgw.errors import SSHError
 class _Recorded:
     """Stands in for SSHConnection: records the targets it was given, connects nowhere."""
 
-    targets: list[str] = []
+    targets: ClassVar[list[str]] = []
 
     def __init__(self, target: str, settings: Settings, **_: Any) -> None:
         self.targets.append(target)
