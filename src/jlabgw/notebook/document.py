@@ -84,6 +84,7 @@ class NotebookDoc:
         ) = None
         self._conflict_sig: tuple[int, int, int] | None = None  # the file a merge failed on
         self._checked_sig: tuple[int, int, int] | None = None  # the file the last sync saw
+        self._in_flight = False  # the writer is between serialize(writing=True) and done
         self._held: set[int] = set()  # id(cell) of cells still recording (running)
 
     # -- construction --------------------------------------------------------------------------
@@ -164,7 +165,7 @@ class NotebookDoc:
         """Append ``cell``; its index in the notebook as it is on disk now (see :meth:`sync`)."""
         with self._lock:
             self._sync_locked()
-            with self.editing() as nb:
+            with self.editing(cell) as nb:  # the others' cached JSON stays right
                 nb.cells.append(cell)
                 return len(nb.cells) - 1
 
@@ -220,9 +221,11 @@ class NotebookDoc:
         with self._lock:
             return self._sync_locked()
 
-    def _sync_locked(self) -> bool:
+    def _sync_locked(self, writing: bool = False) -> bool:
         if self._disk_sig is None:
             return False  # never written by us: nothing to compare with
+        if self._in_flight and not writing:
+            return False  # the file is changing under our own write: the writer checks it
         try:
             sig: tuple[int, int, int] | None = _signature(self.path)
         except OSError:
@@ -322,6 +325,11 @@ class NotebookDoc:
             # someone wrote between our replace and this stat: never mistake it for ours
             self._disk_sig = sig if sig[1] == size else (0, 0, 0)
 
+    def write_finished(self) -> None:
+        """The writer is done with the file (written or not): others may check it again."""
+        with self._lock:
+            self._in_flight = False
+
     def write_target(self, version: int) -> Path | None:
         """Where the writer puts ``version``, just serialised: the notebook, or the conflict
         file while the person's edits cannot be merged. None: serialise again, the file
@@ -346,8 +354,11 @@ class NotebookDoc:
         with self._lock:
             return self.version, copy.deepcopy(self.nb)
 
-    def serialize(self) -> tuple[int, list[bytes]]:
+    def serialize(self, *, writing: bool = False) -> tuple[int, list[bytes]]:
         """The file's bytes, in parts; raise ``nbformat.ValidationError`` if invalid.
+
+        ``writing``: the writer's call; a person's saved edits are merged in first, and other
+        threads leave the file's check to it until :meth:`write_finished`.
 
         Under the lock (tool calls wait for it): ``json.dumps`` of the changed cells and of the
         small top level, and a copy of what was dumped with long strings emptied (the schema
@@ -355,7 +366,9 @@ class NotebookDoc:
         level and the changed cells together, against the full notebook schema.
         """
         with self._lock:
-            self._sync_locked()
+            if writing:  # the writer's: merge a person's edits first (see write_finished)
+                self._sync_locked(writing=True)
+                self._in_flight = True
             conflict, seen = self.conflict is not None, self._checked_sig
             version = self.version
             cache: dict[int, tuple[NotebookNode, bytes, bool]] = {}

@@ -135,8 +135,14 @@ class NotebookWriter:
 
     def _write(self, doc: NotebookDoc) -> None:
         try:
+            self._write_once(doc)
+        finally:
+            doc.write_finished()
+
+    def _write_once(self, doc: NotebookDoc) -> None:
+        try:
             for _ in range(_RACES):
-                version, data = doc.serialize()  # merges a person's saved edits first
+                version, data = doc.serialize(writing=True)  # a person's edits merged first
                 if version <= doc.written_version:
                     return
                 # a conflict leaves the person's file as it is: the session's view goes next
