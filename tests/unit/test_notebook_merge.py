@@ -245,3 +245,39 @@ def test_indexes_refer_to_the_file_as_it_is_now(tmp_path: Path, writer: Notebook
     person_edits(doc.path, lambda nb: nb.cells.pop(1))
     with pytest.raises(CellIndexError, match="deleted"):
         doc.index_of(done)
+
+
+def test_both_changing_one_cells_source_is_a_conflict(
+    tmp_path: Path, writer: NotebookWriter
+) -> None:
+    doc, (_, note, _, _) = session(tmp_path, writer)
+    with doc.editing(note):
+        note.source = "# the agent's wording"
+    person_edits(doc.path, lambda nb: setattr(nb.cells[1], "source", "# the person's wording"))
+    theirs = doc.path.read_bytes()
+    doc.flush()
+    assert doc.path.read_bytes() == theirs
+    assert doc.conflict is not None
+    assert "both the file and the session changed its source" in doc.conflict
+    assert read(doc.conflict_path).cells[1].source == "# the agent's wording"
+
+
+def test_our_own_write_in_flight_is_not_taken_for_a_persons(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = NotebookWriter(delay=60)  # writes on flush only: the test plays the writer
+    doc, (_, _, _, running) = session(tmp_path, slow)
+    reads: list[Path] = []
+    monkeypatch.setattr(document_module, "_read_notebook", reads.append)
+    with doc.editing(running):
+        running.outputs[0]["text"] += "1\n"
+    # the writer serialised and replaced the file, but has not recorded it as its own yet
+    version, data = doc.serialize(writing=True)
+    doc.path.write_bytes(b"".join(data))
+    assert not doc.sync()  # a tool call meanwhile: no read, no merge
+    assert doc.cell_index(3) == 3
+    doc.wrote(version)
+    doc.write_finished()
+    assert not doc.sync()
+    assert reads == []
+    slow.close()
