@@ -105,7 +105,7 @@ async def test_edits_saved_while_a_cell_runs_are_kept(manager: SessionManager) -
     person_edits(path, edit)
     done = await manager.get_execution(sid, running.execution_id)
     assert done.status == "ok"
-    assert done.cell_index == 1  # the cell moved down: the person inserted one above it
+    assert done.cell_index == 2  # the cell moved down: the person inserted one above it
     assert not done.warnings
     await manager.execute(sid, "a + 1")
     manager.writer.flush()

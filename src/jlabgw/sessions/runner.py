@@ -9,6 +9,7 @@ a call on a busy session is refused, naming the run in the way, unless it asks t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,13 @@ from typing import Any
 from nbformat import NotebookNode
 from nbformat.v4 import new_code_cell
 
-from jlabgw.errors import CodeTooLargeError, GatewayError, SessionBusyError, SessionLostError
+from jlabgw.errors import (
+    CellIndexError,
+    CodeTooLargeError,
+    GatewayError,
+    SessionBusyError,
+    SessionLostError,
+)
 from jlabgw.jupyter.channels import Message
 from jlabgw.notebook.recorder import OutputRecorder, finish_cell, resume_point
 from jlabgw.progress import Progress
@@ -164,7 +171,7 @@ class Runner:
         return ExecutionResult(
             session_id=session.id,
             execution_id=execution.id,
-            cell_index=execution.cell_index,
+            cell_index=self._where(session, execution),
             execution_count=reply.get("execution_count") if reply else None,
             status=status,
             outputs=outputs,
@@ -174,6 +181,16 @@ class Runner:
             follow_up=execution.reports > 1,
             warnings=warnings,
         )
+
+    @staticmethod
+    def _where(session: Session, execution: Execution) -> int | None:
+        """The run's cell index in the notebook as it is on disk now (a person may have
+        added or moved cells above it since it started)."""
+        if execution.cell is None:
+            return execution.cell_index
+        with contextlib.suppress(CellIndexError):  # deleted by a person: where it was
+            execution.cell_index = session.doc.index_of(execution.cell)
+        return execution.cell_index
 
     async def _execution(
         self,
