@@ -281,3 +281,31 @@ def test_our_own_write_in_flight_is_not_taken_for_a_persons(
     assert not doc.sync()
     assert reads == []
     slow.close()
+
+
+def test_deleting_the_conflict_file_lets_the_persons_version_win(
+    tmp_path: Path, writer: NotebookWriter
+) -> None:
+    doc, (_, note, other, running) = session(tmp_path, writer)
+    with doc.editing(note):
+        note.source = "# the agent's wording"
+
+    def edit(nb: NotebookNode) -> None:
+        nb.cells[1].source = "# the person's wording"
+        del nb.cells[3]  # the running cell
+
+    person_edits(doc.path, edit)
+    with doc.editing(running):
+        running.outputs[0]["text"] += "1\n"
+    doc.flush()
+    assert doc.conflict is not None
+    assert "delete it" in doc.conflict
+    doc.conflict_path.unlink()  # "keep my version"
+    doc.append_cell(new_code_cell("z = 3", execution_count=3))
+    doc.flush()
+    assert doc.conflict is None
+    nb = read(doc.path)
+    assert [c.source for c in nb.cells] == ["x = 1", "# the person's wording", "y = 2", "z = 3"]
+    assert not doc.conflict_path.exists()
+    assert doc.path.read_bytes() == plain_json(doc.nb)
+    assert other.source == "y = 2"

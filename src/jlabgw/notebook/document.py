@@ -85,6 +85,7 @@ class NotebookDoc:
         self._conflict_sig: tuple[int, int, int] | None = None  # the file a merge failed on
         self._checked_sig: tuple[int, int, int] | None = None  # the file the last sync saw
         self._in_flight = False  # the writer is between serialize(writing=True) and done
+        self._conflict_shown = False  # the conflict file was written for the current conflict
         self._held: set[int] = set()  # id(cell) of cells still recording (running)
 
     # -- construction --------------------------------------------------------------------------
@@ -231,9 +232,11 @@ class NotebookDoc:
         except OSError:
             sig = None  # gone (written again whole) or unreadable (the write reports it)
         self._checked_sig = sig
-        if sig is None or sig == self._disk_sig:
+        # the person deleted the conflict file: their version wins what conflicted
+        theirs_win = self._conflict_shown and not self.conflict_path.exists()
+        if sig is None or (sig == self._disk_sig and not theirs_win):
             return False
-        if sig == self._conflict_sig:
+        if sig == self._conflict_sig and not theirs_win:
             return False  # same file as the failed merge: still a conflict
         try:
             theirs = _read_notebook(self.path)
@@ -251,6 +254,7 @@ class NotebookDoc:
                 base_top=self._base_top,
                 current=self._current_bytes,
                 held=self._held,
+                theirs_win=theirs_win,
             )
         except MergeConflict as exc:
             return self._set_conflict(sig, str(exc))
@@ -271,6 +275,7 @@ class NotebookDoc:
             log.warning("%s: the conflict is resolved; writing the file again", self.path)
             self.conflict = None
             self._conflict_sig = None
+            self._conflict_shown = False
             changed = True
         if changed or self.version > self.written_version:
             self.version += 1  # the merged notebook differs from the file: write it
@@ -282,9 +287,10 @@ class NotebookDoc:
         message = (
             f"{why}. jlabgw does not overwrite {self.path.name}: your file is kept as it is, "
             f"and the session's cells and outputs are written to {self.conflict_path.name} "
-            "instead, next to it. Undo the change in your editor and save (or copy what you "
-            f"need from {self.conflict_path.name}); the session writes {self.path.name} again "
-            "as soon as its edits can be merged"
+            "instead, next to it. To go on: undo the change in your editor and save, and the "
+            f"session merges into {self.path.name} again; or copy what you need from "
+            f"{self.conflict_path.name} and delete it, and your version of {self.path.name} "
+            "wins (the session's changes that conflicted are dropped)"
         )
         if message != self.conflict:
             log.warning("%s", message)
@@ -324,6 +330,11 @@ class NotebookDoc:
                 sig = (0, 0, 0)
             # someone wrote between our replace and this stat: never mistake it for ours
             self._disk_sig = sig if sig[1] == size else (0, 0, 0)
+
+    def conflict_written(self) -> None:
+        """The writer put the session's view in the conflict file."""
+        with self._lock:
+            self._conflict_shown = self.conflict is not None
 
     def write_finished(self) -> None:
         """The writer is done with the file (written or not): others may check it again."""

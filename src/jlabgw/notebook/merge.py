@@ -10,7 +10,8 @@ session's outputs.
 
 Refused (:class:`MergeConflict`), rather than losing someone's work: the person deleted a cell
 the session changed or is still recording into; both changed the same field of a cell (its
-source, a metadata key) in different ways; the person changed the type of such a cell.
+source, a metadata key) in different ways; the person changed the type of such a cell. Once
+the person deleted the conflict file (``theirs_win``), their version wins those instead.
 
 The model's objects are updated in place (the running cell, its outputs) so that whoever holds
 them (the recorder, the execution) keeps recording into the notebook.
@@ -43,11 +44,14 @@ def merge_into(
     base_top: dict[str, bytes],
     current: Callable[[NotebookNode], bytes],
     held: set[int],
+    theirs_win: bool = False,
 ) -> set[int]:
     """Make ``nb`` the merge of ``theirs`` and ``nb``'s changes since ``base``.
 
     ``current(cell)``: the cell's JSON in the same form as ``base``'s. ``held``: id() of the
-    cells recording a run. Returns the id() of ``nb``'s cells that now differ from their
+    cells recording a run. ``theirs_win``: the person chose their version (by deleting the
+    conflict file): what would conflict is theirs, a cell they deleted is dropped. Returns
+    the id() of ``nb``'s cells that now differ from their
     version in ``theirs`` (the rest are exactly the person's); raises :class:`MergeConflict`
     with ``nb`` unchanged."""
     theirs_by_id = {str(c["id"]): c for c in theirs.cells}
@@ -59,8 +63,8 @@ def merge_into(
 
     for index, cell in enumerate(nb.cells):
         cid = str(cell.get("id"))
-        if cid in theirs_by_id or cid not in base:
-            continue  # kept, or the session's new cell (appended below)
+        if cid in theirs_by_id or cid not in base or theirs_win:
+            continue  # kept, the session's new cell (appended below), or dropped
         if id(cell) in held:
             raise MergeConflict(
                 f"cell {index} (id {cid}), which is still running and recording its output, "
@@ -87,7 +91,8 @@ def merge_into(
                 updates.append((cell, dict(mine)))
             continue
         old = json.loads(base[cid]) if cid in base else {}
-        new = _merge_cell(cell, mine, old, id(cell) in held, f"cell {index} (id {cid})")
+        where = f"cell {index} (id {cid})"
+        new = _merge_cell(cell, mine, old, id(cell) in held, where, theirs_win)
         updates.append((cell, new))
         if new != dict(mine):
             differ.add(id(cell))
@@ -119,7 +124,12 @@ def merge_into(
 
 
 def _merge_cell(
-    ours: NotebookNode, theirs: NotebookNode, base: dict[str, Any], live: bool, where: str
+    ours: NotebookNode,
+    theirs: NotebookNode,
+    base: dict[str, Any],
+    live: bool,
+    where: str,
+    theirs_win: bool = False,
 ) -> dict[str, Any]:
     new: dict[str, Any] = {}
     for key in {*ours, *theirs, *base}:
@@ -138,6 +148,8 @@ def _merge_cell(
             pass  # the session ran the cell: its outputs are the ones that go with it
         elif key == "metadata" and isinstance(value, dict) and isinstance(mine, dict):
             value = _merge_metadata(value, mine, old if isinstance(old, dict) else {}, where)
+        elif theirs_win:
+            value = mine
         else:
             raise MergeConflict(
                 f"{where}: both the file and the session changed its {key.replace('_', ' ')}"
@@ -145,6 +157,8 @@ def _merge_cell(
         if value is not _MISSING:
             new[key] = value
     if new.get("cell_type") != "code" and any(k in new for k in _RUN_FIELDS):
+        if theirs_win:
+            return {k: v for k, v in new.items() if k not in _RUN_FIELDS}
         raise MergeConflict(
             f"{where} was made a {new.get('cell_type')} cell in the file while the session ran it"
         )

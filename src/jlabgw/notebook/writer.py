@@ -153,6 +153,8 @@ class NotebookWriter:
                 atomic_write(target, data)
                 if target == doc.path:
                     doc.wrote(version)
+                else:
+                    doc.conflict_written()
                 break
             else:
                 self._retry_soon(doc)
