@@ -5,6 +5,7 @@ starts the configured backend's (a local process, or a batch job and its SSH tun
 from __future__ import annotations
 
 import asyncio
+import shlex
 import signal
 import threading
 from collections.abc import Callable
@@ -21,6 +22,13 @@ _READ_CONFIG_CMD = (
     "python3 -c 'import json,sys; "
     'print(json.load(open(sys.argv[1]))["KernelGatewayApp"]["auth_token"])\' '
 )
+# the header line on stdout, for ``curl -H @-`` to read from stdin: the token is in no argv
+_HEADER_CMD = (
+    'python3 -c \'import json,sys; print("Authorization: token " + '
+    'json.load(open(sys.argv[1]))["KernelGatewayApp"]["auth_token"])\' '
+)
+# for a token pasted by hand: read (no echo) and printf are shell builtins, so no argv has it
+_PASTE_CMD = "read -rs TOKEN && printf 'Authorization: token %s\\n' \"$TOKEN\" | "
 
 
 def tunnel(settings: Settings, remote: str | None) -> int:
@@ -41,19 +49,20 @@ def _print_access(url: str, gateway: GatewayStatus | None) -> None:
     token_file = gateway.token_file if gateway else None
     if gateway and gateway.token_host:  # a batch job's connection file, on the cluster
         print(f"token:   the 'token' field of {gateway.token_location()} (mode 0600)")
-        print(f"try:     curl -sS -H 'Authorization: token TOKEN' {url}/api/kernelspecs")
+        print(f"try:     {_PASTE_CMD}curl -sS -H @- {url}/api/kernelspecs")
+        print("         (paste the token; it stays out of ps and of your shell history)")
     elif token_file:
-        token = f"$({_READ_CONFIG_CMD}{token_file})"
-        print(
-            f"token:   in {token_file} (mode 0600); print it with: {_READ_CONFIG_CMD}{token_file}"
-        )
-        print(f'try:     curl -sS -H "Authorization: token {token}" {url}/api/kernelspecs')
+        path = shlex.quote(str(token_file))
+        print(f"token:   in {token_file} (mode 0600); print it with: {_READ_CONFIG_CMD}{path}")
+        # curl reads the header from stdin (-H @-): the token is in no process's argv (ps)
+        print(f"try:     {_HEADER_CMD}{path} | curl -sS -H @- {url}/api/kernelspecs")
     else:
         print(
             "token:   the auth token of the gateway you forward to (send it as the "
             "'Authorization: token ...' header)"
         )
-        print(f"try:     curl -sS -H 'Authorization: token TOKEN' {url}/api/kernelspecs")
+        print(f"try:     {_PASTE_CMD}curl -sS -H @- {url}/api/kernelspecs")
+        print("         (paste the token; it stays out of ps and of your shell history)")
     print("Ctrl-C closes it.", flush=True)
 
 
