@@ -3,7 +3,8 @@
 From the user's ``~/.ssh/config`` (``JLABGW_SSH_CONFIG``): ``HostName``, ``User``, ``Port``,
 ``IdentityFile``, ``ProxyJump`` (a comma-separated chain), ``ProxyCommand`` and
 ``ServerAliveInterval``; ``JLABGW_SSH_PORT``/``_USER``/``_KEY`` override them for the target.
-Host keys are checked against ``known_hosts`` (``JLABGW_KNOWN_HOSTS``), never accepted
+Host keys are checked against the system's ``/etc/ssh/ssh_known_hosts`` (first, as OpenSSH's
+GlobalKnownHostsFile) and ``known_hosts`` (``JLABGW_KNOWN_HOSTS``), never accepted
 silently: an unknown key fails with its fingerprint and the command that adds it. For a host
 reached through a jump host (a compute node behind the login node), that command runs
 ``ssh-keyscan`` on the jump host: this machine may not reach the host at all.
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 _DEFAULT_KEEPALIVE = 30
+SYSTEM_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")  # read before the user's, like OpenSSH
 # a host name (RFC 1123 letters, digits, '-', '.'; or an IPv4 address): nothing a shell, an
 # ssh option or paramiko's "Match exec" could read as more than a name
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")

@@ -31,6 +31,7 @@ from typing import Any
 
 import paramiko
 
+from jlabgw.cluster.ssh import config as config_module
 from jlabgw.cluster.ssh.config import (
     HostSpec,
     RejectUnknownHost,
@@ -74,15 +75,30 @@ def _transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
     return transport
 
 
+def host_key_client(
+    spec: HostSpec, known_hosts: Path, via: str | None = None
+) -> paramiko.SSHClient:
+    """A client that knows the hosts of the system's known_hosts (``SYSTEM_KNOWN_HOSTS``, read
+    first, like OpenSSH's GlobalKnownHostsFile) and of ``known_hosts``, and refuses others."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(RejectUnknownHost(known_hosts, spec, via))
+    system = config_module.SYSTEM_KNOWN_HOSTS
+    if system.is_file():
+        try:
+            client.load_system_host_keys(str(system))
+        except OSError as exc:  # unreadable: the user's file may still know the host
+            log.info("cannot read %s: %s", system, exc)
+    if known_hosts.is_file():
+        client.get_host_keys().load(str(known_hosts))
+    return client
+
+
 def _connect_hop(
     spec: HostSpec, sock: Any, known_hosts: Path, timeout: float, via: str | None = None
 ) -> paramiko.SSHClient:
     """Connect to ``spec`` over ``sock`` (None: a TCP connection from here). ``via``: the
     ssh command to the jump host ``sock`` goes through, for the host-key errors' fixes."""
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(RejectUnknownHost(known_hosts, spec, via))
-    if known_hosts.is_file():
-        client.get_host_keys().load(str(known_hosts))
+    client = host_key_client(spec, known_hosts, via)
     try:
         client.connect(
             spec.hostname,
@@ -107,7 +123,8 @@ def _connect_hop(
         remove = shlex.join(["ssh-keygen", "-R", spec.known_hosts_name, "-f", str(known_hosts)])
         raise HostKeyError(
             f"HOST KEY MISMATCH for {spec.known_hosts_name}: it offered {fingerprint(exc.key)}, "
-            f"{known_hosts} records {fingerprint(exc.expected_key)}. This can be an attack, or "
+            f"{known_hosts} (or {config_module.SYSTEM_KNOWN_HOSTS}) records "
+            f"{fingerprint(exc.expected_key)}. This can be an attack, or "
             "the host was reinstalled: ask your cluster's admins",
             f"If the new key is right, remove the old one with `{remove}`, then add the new "
             f"one with `{keyscan_command(spec, known_hosts, via)}`",
