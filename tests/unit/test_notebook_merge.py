@@ -309,3 +309,23 @@ def test_deleting_the_conflict_file_lets_the_persons_version_win(
     assert not doc.conflict_path.exists()
     assert doc.path.read_bytes() == plain_json(doc.nb)
     assert other.source == "y = 2"
+
+
+def test_a_save_under_way_is_waited_for_not_a_conflict(
+    tmp_path: Path, writer: NotebookWriter
+) -> None:
+    doc, (_, _, _, running) = session(tmp_path, writer)
+    whole = doc.path.read_bytes()
+    doc.path.write_bytes(whole[: len(whole) // 2])  # an editor writing in place, half done
+    with doc.editing(running):
+        running.outputs[0]["text"] += "1\n"
+    assert not doc.sync()
+    assert doc.conflict is None  # just saved: not (yet) a broken notebook
+    assert doc.path.read_bytes() == whole[: len(whole) // 2]
+    person_edits_bytes = whole.replace(b"agent's note", b"person's note")
+    doc.path.write_bytes(person_edits_bytes)  # the save completes
+    doc.flush()
+    nb = read(doc.path)
+    assert nb.cells[1].source == "# person's note"
+    assert nb.cells[3].outputs[0].text == "0\n1\n"
+    assert doc.conflict is None

@@ -51,6 +51,8 @@ __all__ = ["NotebookDoc"]
 log = logging.getLogger(__name__)
 
 _MAX_NAME_TRIES = 1000
+_SETTLE_NS = 2_000_000_000  # a file unreadable for longer than this after its last change
+# is not a save under way but a broken notebook (a conflict)
 
 
 class NotebookDoc:
@@ -79,13 +81,22 @@ class NotebookDoc:
         # what serialize() made: version, cells' and top level's JSON, size, in conflict?,
         # and the file's signature its merge check saw
         self._serialized: (
-            tuple[int, dict[str, bytes], dict[str, bytes], int, bool, tuple[int, int, int] | None]
+            tuple[
+                int,
+                dict[str, bytes],
+                dict[str, bytes],
+                int,
+                bool,
+                tuple[int, int, int] | None,
+                bool,
+            ]
             | None
         ) = None
         self._conflict_sig: tuple[int, int, int] | None = None  # the file a merge failed on
         self._checked_sig: tuple[int, int, int] | None = None  # the file the last sync saw
         self._in_flight = False  # the writer is between serialize(writing=True) and done
         self._conflict_shown = False  # the conflict file was written for the current conflict
+        self._unsettled = False  # the file was unreadable and just modified: being saved?
         self._held: set[int] = set()  # id(cell) of cells still recording (running)
 
     # -- construction --------------------------------------------------------------------------
@@ -232,6 +243,7 @@ class NotebookDoc:
         except OSError:
             sig = None  # gone (written again whole) or unreadable (the write reports it)
         self._checked_sig = sig
+        self._unsettled = False
         # the person deleted the conflict file: their version wins what conflicted
         theirs_win = self._conflict_shown and not self.conflict_path.exists()
         if sig is None or (sig == self._disk_sig and not theirs_win):
@@ -243,6 +255,9 @@ class NotebookDoc:
         except OSError:
             return False  # not a file we can read (a directory …): the write reports it
         except Exception as exc:  # a half-saved file, not JSON, not a notebook …
+            if time.time_ns() - sig[0] < _SETTLE_NS:
+                self._unsettled = True  # an editor saving in place right now: look again soon
+                return False
             return self._set_conflict(
                 sig, f"{self.path.name} is no longer a valid notebook ({exc})"
             )
@@ -350,6 +365,8 @@ class NotebookDoc:
             if done is None or done[0] != version:
                 return None
             conflict, seen = done[4], done[5]
+            if done[6]:
+                return None  # being saved by an editor: try again in a moment
             if conflict:
                 return self.conflict_path
             if self._disk_sig is None:
@@ -381,6 +398,7 @@ class NotebookDoc:
                 self._sync_locked(writing=True)
                 self._in_flight = True
             conflict, seen = self.conflict is not None, self._checked_sig
+            unsettled = self._unsettled
             version = self.version
             cache: dict[int, tuple[NotebookNode, bytes, bool]] = {}
             parts: list[bytes] = []
@@ -420,7 +438,7 @@ class NotebookDoc:
         whole = _join(top_bytes, parts)
         with self._lock:
             size = sum(len(p) for p in whole)
-            self._serialized = (version, by_id, top_bytes, size, conflict, seen)
+            self._serialized = (version, by_id, top_bytes, size, conflict, seen, unsettled)
         return version, whole
 
     def flush(self, timeout: float = 30.0) -> None:
