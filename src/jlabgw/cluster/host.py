@@ -176,18 +176,30 @@ class SSHHost(Host):
             self._write_bytes(path, data, mode)
 
     def _write_bytes(self, path: str, data: bytes, mode: int) -> None:
+        # SFTP's open takes no mode: the server creates the file with its umask (0644, say),
+        # and whoever opens it in that moment can read what is written later. So the file is
+        # made in a fresh 0700 directory next to the target, chmod-ed, then renamed into place.
         sftp = self._client()
         target = PurePosixPath(self._path(path))
-        tmp = str(target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp"))
+        private = str(target.with_name(f".{target.name}.{secrets.token_hex(6)}.d"))
+        tmp = f"{private}/{target.name}"
+        made = False
         try:
+            sftp.mkdir(private, 0o700)
+            made = True
+            sftp.chmod(private, 0o700)  # in case the server ignored mkdir's mode; still empty
             with sftp.open(tmp, "wb") as fh:
-                sftp.chmod(tmp, mode)  # before the first byte: secrets never sit in a 0644 file
+                sftp.chmod(tmp, mode)
                 fh.write(data)
             sftp.posix_rename(tmp, str(target))
         except (OSError, paramiko.SSHException) as exc:
             with contextlib.suppress(OSError, paramiko.SSHException):
                 sftp.remove(tmp)
             raise SSHError(f"cannot write {path} on {self.where}: {exc}") from exc
+        finally:
+            if made:
+                with contextlib.suppress(OSError, paramiko.SSHException):
+                    sftp.rmdir(private)
 
     def stat(self, path: str) -> FileStat | None:
         try:
