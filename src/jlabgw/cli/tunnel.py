@@ -48,9 +48,11 @@ def _print_access(url: str, gateway: GatewayStatus | None) -> None:
     print(f"gateway: {url}", flush=True)
     token_file = gateway.token_file if gateway else None
     if gateway and gateway.token_host:  # a batch job's connection file, on the cluster
-        print(f"token:   the 'token' field of {gateway.token_location()} (mode 0600)")
+        print(
+            f"token:   the 'token' field of {gateway.token_location()} (mode 0600); paste it "
+            "after this curl line (it stays out of ps and of your shell history)"
+        )
         print(f"try:     {_PASTE_CMD}curl -sS -H @- {url}/api/kernelspecs")
-        print("         (paste the token; it stays out of ps and of your shell history)")
     elif token_file:
         path = shlex.quote(str(token_file))
         print(f"token:   in {token_file} (mode 0600); print it with: {_READ_CONFIG_CMD}{path}")
@@ -59,10 +61,10 @@ def _print_access(url: str, gateway: GatewayStatus | None) -> None:
     else:
         print(
             "token:   the auth token of the gateway you forward to (send it as the "
-            "'Authorization: token ...' header)"
+            "'Authorization: token ...' header); paste it after this curl line (it stays out "
+            "of ps and of your shell history)"
         )
         print(f"try:     {_PASTE_CMD}curl -sS -H @- {url}/api/kernelspecs")
-        print("         (paste the token; it stays out of ps and of your shell history)")
     print("Ctrl-C closes it.", flush=True)
 
 
