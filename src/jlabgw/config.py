@@ -90,6 +90,12 @@ class Settings(BaseModel):
     image_max_bytes: int = Field(
         1_000_000, ge=10_000, description="Size cap of one image in a tool result."
     )
+    image_max_pixels: int = Field(
+        50_000_000,
+        ge=10_000,
+        description="Images with more pixels (width x height, read from the header before "
+        "decoding) are refused in tool results with a note (the notebook keeps them).",
+    )
     # -- SSH (login node / compute nodes) ------------------------------------------------------
     ssh_host: str = Field(
         "", description="Login node host or ~/.ssh/config alias; empty: run cluster commands here."

@@ -141,3 +141,15 @@ def test_palette_bomb_memory_stays_bounded(tmp_path: Path) -> None:
     assert kind == "text", run.stdout
     assert "169,000,000 pixels is over the cap" in note
     assert int(grown_mib) < 100, run.stdout
+
+
+def test_the_pixel_cap_is_a_setting(tmp_path: Path) -> None:
+    from jlabgw.mcp.results import limits_for
+    from tests.helpers import make_settings
+
+    settings = make_settings(tmp_path, image_max_pixels="1000000")
+    limits = limits_for(settings)
+    assert limits.image_pixels == 1_000_000
+    blocks = outputs_to_content([_display("image/png", header_bomb(2000, 2000))], limits)
+    text = " ".join(b.text for b in blocks if isinstance(b, TextContent))
+    assert "2000x2000 px is over the cap of 1,000,000 pixels" in text

@@ -17,7 +17,12 @@ __all__ = ["execution_result", "limits_for", "text_result"]
 
 def limits_for(settings: Settings) -> Limits:
     """How much text and how large images one result may carry."""
-    return Limits(settings.output_limit, settings.image_max_px, settings.image_max_bytes)
+    return Limits(
+        settings.output_limit,
+        settings.image_max_px,
+        settings.image_max_bytes,
+        settings.image_max_pixels,
+    )
 
 
 def text_result(text: str) -> ToolResult:
