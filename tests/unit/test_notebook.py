@@ -201,7 +201,7 @@ def test_incremental_file_is_exactly_json_dumps(tmp_path: Path, writer: Notebook
 def test_only_changed_cells_are_serialised(
     tmp_path: Path, writer: NotebookWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jlabgw.notebook import document as notebook_module
+    from jlabgw.notebook import files as files_module
 
     doc = NotebookDoc.create(tmp_path, "big", writer)
     cells = [new_code_cell(f"x = {i}") for i in range(50)]
@@ -209,13 +209,13 @@ def test_only_changed_cells_are_serialised(
         doc.append_cell(cell)
     doc.serialize()
     dumped: list[object] = []
-    real = notebook_module._dumps
+    real = files_module.dumps
 
     def counting(value: object, depth: int) -> bytes:
         dumped.append(value)
         return real(value, depth)
 
-    monkeypatch.setattr(notebook_module, "_dumps", counting)
+    monkeypatch.setattr(files_module, "dumps", counting)
     with doc.editing(cells[7]):
         cells[7].source = "x = 'changed'"
     data = b"".join(doc.serialize()[1])

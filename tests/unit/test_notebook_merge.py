@@ -15,6 +15,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_output
 
 from jlabgw.errors import CellIndexError
 from jlabgw.notebook import document as document_module
+from jlabgw.notebook import files as files_module
 from jlabgw.notebook.document import NotebookDoc
 from jlabgw.notebook.writer import NotebookWriter
 
@@ -208,13 +209,13 @@ def test_without_a_persons_edit_the_file_is_never_read(
     tmp_path: Path, writer: NotebookWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads: list[Path] = []
-    real = document_module._read_notebook
+    real = files_module.read_notebook
 
     def counting(path: Path) -> NotebookNode:
         reads.append(path)
         return real(path)
 
-    monkeypatch.setattr(document_module, "_read_notebook", counting)
+    monkeypatch.setattr(files_module, "read_notebook", counting)
     monkeypatch.setattr(document_module.nbformat, "read", None)  # any other read would fail
     doc, (_, _, _, running) = session(tmp_path, writer)
     for i in range(30):
@@ -224,7 +225,7 @@ def test_without_a_persons_edit_the_file_is_never_read(
         doc.cell_index(0)
     assert reads == []
     monkeypatch.undo()
-    monkeypatch.setattr(document_module, "_read_notebook", counting)
+    monkeypatch.setattr(files_module, "read_notebook", counting)
     person_edits(doc.path, insert_markdown)
     doc.append_cell(new_markdown_cell("after"))
     doc.flush()
@@ -268,7 +269,7 @@ def test_our_own_write_in_flight_is_not_taken_for_a_persons(
     slow = NotebookWriter(delay=60)  # writes on flush only: the test plays the writer
     doc, (_, _, _, running) = session(tmp_path, slow)
     reads: list[Path] = []
-    monkeypatch.setattr(document_module, "_read_notebook", reads.append)
+    monkeypatch.setattr(files_module, "read_notebook", reads.append)
     with doc.editing(running):
         running.outputs[0]["text"] += "1\n"
     # the writer serialised and replaced the file, but has not recorded it as its own yet
