@@ -9,7 +9,9 @@ session, and lets different sessions run in parallel. The work is done by its co
   spare kernel started ahead;
 * :mod:`~jlabgw.sessions.runner`: running and following cells;
 * :mod:`~jlabgw.sessions.reattach`: the registry, take-back and hand-over;
-* :mod:`~jlabgw.sessions.lanes`: a job per resource shape.
+* :mod:`~jlabgw.sessions.lanes`: a job per resource shape;
+* :mod:`~jlabgw.sessions.opening`: the start use cases' shared steps (kernel, notebook, session);
+* :mod:`~jlabgw.sessions.lost`: a session whose gateway is gone, and its siblings.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +36,7 @@ from jlabgw.errors import (
 )
 from jlabgw.jupyter.rest import GatewayClient
 from jlabgw.notebook.document import NotebookDoc
-from jlabgw.notebook.paths import experiment_filename, resolve_notebook_path
+from jlabgw.notebook.paths import resolve_notebook_path
 from jlabgw.notebook.recorder import DisplayIndex
 from jlabgw.notebook.writer import NotebookWriter
 from jlabgw.progress import Progress, no_progress
@@ -48,6 +49,8 @@ from jlabgw.sessions.kernels import (
     list_kernelspecs,
 )
 from jlabgw.sessions.lanes import Lanes
+from jlabgw.sessions.lost import lose_with_siblings
+from jlabgw.sessions.opening import Opening
 from jlabgw.sessions.reattach import Reattach
 from jlabgw.sessions.registry import SessionRegistry
 from jlabgw.sessions.runner import Runner
@@ -91,6 +94,9 @@ class SessionManager:
             on_cell=self._save_registry,
             on_lost=self._lost,
         )
+        self._opening = Opening(
+            self._pool, self._starter, self._sessions, self.writer, settings, self._changed
+        )
         # Sessions on a batch job outlive this server: the registry lets the next one take
         # them back (reattach). None for backends whose kernels stop with the server.
         name = backend.registry_name()
@@ -121,26 +127,10 @@ class SessionManager:
         self._reattach.save()
 
     async def _lost(self, session: Session, why: str) -> None:
-        """``session``'s gateway (batch job) is gone for good, ``why``: it leaves the table,
-        and every later call on it raises :class:`SessionLostError` saying so, for the
-        server's life. So do the other sessions on that gateway: the backend keeps its answer
-        for a lost gateway, so asking each of them costs nothing (a session on a newer
-        gateway of the lane costs one check, and stays)."""
-        if not self._sessions.lose(session, session.lost_message(why)):
-            return  # shut down meanwhile, or found lost already (by a sibling)
-        log.warning("session %s is lost: %s", session.id, why)
-        for other in self._sessions:
-            if other.lane != session.lane:
-                continue  # another shape's job
-            try:
-                other_why = await other.conn.gateway_lost()
-            except JlabgwError as exc:  # it finds out on its own next call
-                log.info("session %s: cannot tell whether its gateway is gone: %s", other.id, exc)
-                continue
-            if other_why and self._sessions.lose(other, other.lost_message(other_why)):
-                log.warning("session %s is lost too: %s", other.id, other_why)
-                await other.conn.close()  # a cell running there ends with the same error
-        self._changed()
+        """``session``'s gateway (batch job) is gone for good, ``why``: it and the other
+        sessions on that gateway are lost (see :func:`.lost.lose_with_siblings`)."""
+        if await lose_with_siblings(self._sessions, session, why):
+            self._changed()
 
     async def ready(self) -> None:
         """Take back the sessions a previous server left on this backend's gateway (once)."""
@@ -179,25 +169,6 @@ class SessionManager:
             jobs=self._lanes.jobs([s.lane for s in self._sessions]),
         )
 
-    def _register(
-        self, experiment_name: str, started: Started, doc: NotebookDoc, lane: str = ""
-    ) -> Session:
-        conn = started.conn
-        session = Session(
-            id=uuid.uuid4().hex[:12],
-            experiment_name=experiment_name,
-            kernel_id=conn.kernel_id,
-            kernel_name=notebook_kernel(doc.nb) or self.settings.kernel_name,
-            conn=conn,
-            doc=doc,
-            start_seconds=started.seconds,
-            lane=lane,
-        )
-        self._sessions.add(session)
-        log.info("session %s: kernel %s, notebook %s", session.id, conn.kernel_id, doc.path)
-        self._changed()
-        return session
-
     # -- opening a session ---------------------------------------------------------------------
 
     def prepare_spare(self) -> None:
@@ -227,23 +198,13 @@ class SessionManager:
                 self.settings.notebook_dir, notebook_path, must_exist=False
             )
             self._sessions.refuse_if_held(path)
-        started = await self._pool.take(progress, kernel_name, lane)
-        try:
-            if path is not None and path.exists():
-                doc = NotebookDoc.open(path, self.writer)
-                with doc.editing() as nb:
-                    nb.metadata.update(started.metadata)
-            else:
-                doc = NotebookDoc.create(
-                    path.parent if path else self.settings.notebook_dir,
-                    path.stem if path else experiment_filename(experiment_name),
-                    self.writer,
-                    metadata=started.metadata,
-                )
-        except BaseException:
-            await self._starter.discard(started.conn, lane)
-            raise
-        return self._register(experiment_name, started, doc, lane).info(self.backend.name)
+        started, doc = await self._opening.kernel_and_doc(
+            progress,
+            kernel_name,
+            lane,
+            lambda started: self._opening.open_or_create(path, experiment_name, started.metadata),
+        )
+        return self._opening.register(experiment_name, started, doc, lane).info(self.backend.name)
 
     async def resume(
         self,
@@ -264,7 +225,7 @@ class SessionManager:
         started = await self._pool.take(progress, name, lane)
         with doc.editing() as nb:
             nb.metadata.update(started.metadata)
-        session = self._register(experiment_name, started, doc, lane)
+        session = self._opening.register(experiment_name, started, doc, lane)
         executed, failed = await self._runner.rerun(session, progress)
         return session.info(self.backend.name, executed_cells=executed, failed_cells=failed)
 
@@ -283,20 +244,10 @@ class SessionManager:
         _, nb = source.snapshot()
         name = kernel_name or notebook_kernel(nb)
         lane = await self._lanes.lane_for(resources)
-        started = await self._pool.take(progress, name, lane)
-        try:
-            nb.metadata.update(started.metadata)
-            doc = NotebookDoc.create(
-                path.parent,
-                f"{path.stem}_continued",
-                self.writer,
-                cells=nb.cells,
-                metadata=dict(nb.metadata),
-            )
-        except BaseException:
-            await self._starter.discard(started.conn, lane)
-            raise
-        session = self._register(experiment_name, started, doc, lane)
+        started, doc = await self._opening.kernel_and_doc(
+            progress, name, lane, lambda started: self._opening.fork(path, nb, started.metadata)
+        )
+        session = self._opening.register(experiment_name, started, doc, lane)
         return session.info(self.backend.name, original_notebook=str(path), cells=len(doc.nb.cells))
 
     # -- running code --------------------------------------------------------------------------
