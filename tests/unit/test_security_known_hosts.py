@@ -10,7 +10,7 @@ import paramiko
 import pytest
 
 from jlabgw.cluster.ssh import config as ssh_config
-from jlabgw.cluster.ssh import connection
+from jlabgw.cluster.ssh import hop
 from jlabgw.cluster.ssh.config import resolve_host
 from jlabgw.errors import SSHConnectError
 
@@ -35,7 +35,7 @@ def test_system_known_hosts_is_read_first(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(paramiko.SSHClient, "connect", connect)
     spec = resolve_host("c1", paramiko.SSHConfig())
     with pytest.raises(SSHConnectError):
-        connection._connect_hop(spec, None, known_hosts, timeout=1)
+        hop.connect_hop(spec, None, known_hosts, timeout=1)
     (client,) = seen
     # paramiko's check: the system's keys, then the user's
     system_keys = client._system_host_keys  # no public accessor
