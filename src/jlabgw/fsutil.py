@@ -12,7 +12,7 @@ import contextlib
 import os
 import secrets
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = ["atomic_write", "ensure_private_dir", "write_private_file"]
@@ -26,9 +26,18 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int | None = None) -> None:
+def atomic_write(
+    path: Path,
+    data: bytes | Iterable[bytes],
+    mode: int | None = None,
+    proceed: Callable[[], bool] | None = None,
+) -> bool:
     """Replace ``path`` with ``data`` (bytes, or parts written one after the other, so a big
-    file need not exist in memory twice) atomically.
+    file need not exist in memory twice) atomically. True when replaced.
+
+    ``proceed`` is asked between the temp file's fsync and the ``os.replace``; if it says no,
+    the temp file is removed, ``path`` is left as it is, and the result is False (the notebook
+    writer uses it not to replace a person's save that landed while a big file was written).
 
     ``mode=None`` keeps the existing file's permission bits, or lets the umask decide for a new
     file. An explicit ``mode`` (e.g. 0o600) is applied before any byte is written.
@@ -58,11 +67,15 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes], mode: int | None = N
         raise
     os.close(fd)
     try:
+        if proceed is not None and not proceed():
+            os.unlink(tmp)
+            return False
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    return True
 
 
 def write_private_file(path: Path, data: bytes) -> None:

@@ -10,7 +10,7 @@ what the backend's lost check answers for every connection to that gateway.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +25,6 @@ from tests.session_fakes import FakeBackend, FakeGateway, FakeStarter, settings_
 pytestmark = pytest.mark.anyio
 
 WHY = "batch job 4242 is no longer running (CANCELLED)"
-
-
-@pytest.fixture
-async def gateway() -> FakeGateway:
-    return FakeGateway()
-
-
-@pytest.fixture
-async def starter(gateway: FakeGateway) -> FakeStarter:
-    return FakeStarter(gateway)
-
-
-@pytest.fixture
-async def manager(tmp_path: Path, starter: FakeStarter) -> AsyncIterator[SessionManager]:
-    m = SessionManager(settings_for(tmp_path), FakeBackend(), starter=starter)
-    yield m
-    await m.aclose()
 
 
 async def new_session(manager: SessionManager, name: str = "unit") -> str:

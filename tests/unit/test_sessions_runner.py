@@ -7,7 +7,6 @@ real, written by a NotebookWriter under tmp_path.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nbformat
@@ -21,26 +20,9 @@ from jlabgw.errors import (
 )
 from jlabgw.notebook.text import outputs_to_text
 from jlabgw.sessions.manager import SessionManager
-from tests.session_fakes import FakeBackend, FakeGateway, FakeStarter, settings_for
+from tests.session_fakes import FakeGateway, FakeStarter
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def gateway() -> FakeGateway:
-    return FakeGateway()
-
-
-@pytest.fixture
-async def starter(gateway: FakeGateway) -> FakeStarter:
-    return FakeStarter(gateway)
-
-
-@pytest.fixture
-async def manager(tmp_path: Path, starter: FakeStarter) -> AsyncIterator[SessionManager]:
-    m = SessionManager(settings_for(tmp_path), FakeBackend(), starter=starter)
-    yield m
-    await m.aclose()
 
 
 async def new_session(manager: SessionManager) -> str:

@@ -15,16 +15,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def gateway() -> FakeGateway:
-    return FakeGateway()
-
-
-@pytest.fixture
-async def starter(gateway: FakeGateway) -> FakeStarter:
-    return FakeStarter(gateway)
-
-
-@pytest.fixture
 async def manager(tmp_path: Path, starter: FakeStarter) -> AsyncIterator[SessionManager]:
     settings = settings_for(tmp_path, spare_kernel="true")
     m = SessionManager(settings, FakeBackend(), starter=starter)

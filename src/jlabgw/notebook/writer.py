@@ -8,17 +8,11 @@ and the person's file is left alone.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
-import os
-import secrets
-import stat
 import threading
 import time
-from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import nbformat
 
@@ -161,7 +155,7 @@ class NotebookWriter:
                     atomic_write(target, data)
                     doc.conflict_written()
                     break
-                if not _replace_unless_changed(target, data, partial(_still, doc, version)):
+                if not atomic_write(target, data, proceed=partial(_still, doc, version)):
                     continue  # a person saved while our temp file was written: merge it
                 doc.wrote(version)
                 break
@@ -224,39 +218,3 @@ class NotebookWriter:
 def _still(doc: NotebookDoc, version: int) -> bool:
     """The notebook is still what ``version``'s merge check saw (nobody saved since)."""
     return doc.write_target(version) == doc.path
-
-
-def _replace_unless_changed(path: Path, data: list[bytes], unchanged: Callable[[], bool]) -> bool:
-    """:func:`~jlabgw.fsutil.atomic_write`, with ``unchanged()`` asked between the temp file's
-    fsync and the ``os.replace``: a person's save that lands while a big notebook is being
-    written is merged, not replaced (the window left is one ``os.stat``). False: not
-    replaced, ``unchanged()`` said no."""
-    keep_mode: int | None = None
-    with contextlib.suppress(FileNotFoundError):
-        keep_mode = stat.S_IMODE(path.stat().st_mode)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-    try:
-        if keep_mode is not None:
-            os.fchmod(fd, keep_mode)
-        for part in data:
-            view = memoryview(part)
-            while view:
-                view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    try:
-        if not unchanged():
-            os.unlink(tmp)
-            return False
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return True
