@@ -177,3 +177,29 @@ async def test_start_is_idempotent_and_restarts_a_dead_gateway(settings: Setting
         assert second.token != first.token
     finally:
         await backend.aclose()
+
+
+async def test_files_in_the_working_directory_do_not_shadow_the_gateways_imports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server may be started anywhere (a project checkout, the notebook dir): a
+    ``kernel_gateway`` package there must not be what the gateway imports."""
+    settings = make_settings(tmp_path / "state")
+    cwd = tmp_path / "project"
+    marker = tmp_path / "shadow-imported"
+    (cwd / "kernel_gateway").mkdir(parents=True)
+    (cwd / "kernel_gateway" / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise SystemExit('shadowed')\n"
+    )
+    monkeypatch.chdir(cwd)
+    backend = LocalBackend(settings)
+    try:
+        endpoint = await backend.start()
+        gw = GatewayClient(endpoint)
+        try:
+            assert "python3" in (await gw.kernelspecs())["kernelspecs"]
+        finally:
+            await gw.aclose()
+    finally:
+        await backend.aclose()
+    assert not marker.exists()

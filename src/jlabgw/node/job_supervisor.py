@@ -66,6 +66,12 @@ GATEWAY_MAIN = (
     "import kernel_gateway.gatewayapp as app; app.launch_instance()"
 )
 
+# ``-P`` (Python >= 3.11): the working directory does not go first on the gateway's sys.path,
+# so a file such as ``kernel_gateway.py`` or ``json.py`` where the job or server was started
+# cannot shadow what the gateway imports. (The work dir, with the NoDelay module, is on
+# PYTHONPATH, which -P leaves alone.) Older Pythons have no -P and keep the old behaviour.
+SAFE_PATH = ("-P",) if sys.version_info >= (3, 11) else ()
+
 NODELAY_CLASS = "jlabgw_nodelay.NoDelayChannelsConnection"  # jlabgw/gateway_ext.py, shipped
 # into the work dir as jlabgw_nodelay.py by the batch script
 # What Kernel Gateway logs when its port is taken (port_retries=0 makes it exit then)
@@ -183,7 +189,7 @@ class Supervisor:
             log_start = file_size(self.gateway_log)
             log_file = self.gateway_log.open("ab")
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", GATEWAY_MAIN, f"--config={config}"],
+                [sys.executable, *SAFE_PATH, "-c", GATEWAY_MAIN, f"--config={config}"],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
