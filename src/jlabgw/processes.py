@@ -1,11 +1,20 @@
-"""Whether a process runs (foundation: no jlabgw imports)."""
+"""Whether a process runs, and which process it is (foundation: no jlabgw imports)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["pid_alive"]
+__all__ = ["identity_alive", "pid_alive", "process_identity"]
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat from the third (state) on; None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()  # the command name (field 2) may hold spaces
 
 
 def pid_alive(pid: int) -> bool:
@@ -16,8 +25,34 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    fields = _stat_fields(pid)
+    if fields is None:
         return True  # no /proc (macOS): kill(0) is all we can know
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    return fields[0] != "Z"
+
+
+def process_identity(pid: int) -> str | None:
+    """Which process ``pid`` is, in a way a recycled pid does not match: ``"PID:START"``, its
+    start time in clock ticks since boot (/proc/PID/stat field 22); None if it does not run.
+    Without /proc (macOS) only ``"PID"``: then a recycled pid cannot be told apart."""
+    if not pid_alive(pid):
+        return None
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) < 20:
+        return str(pid)
+    return f"{pid}:{fields[19]}"  # field 22 of the line; fields[0] is field 3
+
+
+def identity_alive(identity: str) -> bool:
+    """Whether the process a :func:`process_identity` names still runs (the same one)."""
+    pid_text, _, start = identity.partition(":")
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    now = process_identity(pid)
+    if now is None:
+        return False
+    if not start or ":" not in now:
+        return True  # a start time is missing on one side: the pid is all we can compare
+    return now == identity

@@ -1,10 +1,12 @@
 """Sessions that outlive the server: the registry, take-back at start, hand-over at exit.
 
 Kernels on a batch job outlive this server. While it runs, the registry records its sessions on
-the default job (shaped jobs end with the server); the next server on the same job takes them
-back (:meth:`Reattach.ready`), a running cell included, and reports the ones it cannot take
-back with how to rebuild them. A server whose job stays (JLABGW_KEEP_JOB) leaves its kernels
-running at exit and the registry as it is (:meth:`Reattach.hand_over`).
+the default job (shaped jobs end with the server), as their owner; the next server on the same
+job takes back (:meth:`Reattach.ready`) the sessions whose owner is dead or handed them over, a
+running cell included, and reports the ones it cannot take back with how to rebuild them. It
+never takes a session whose owner (another server of the same user) is alive, and rewrites its
+own records only. A server whose job stays (JLABGW_KEEP_JOB) leaves its kernels running at
+exit and hands its records over: owner cleared (:meth:`Reattach.hand_over`).
 """
 
 from __future__ import annotations
@@ -75,14 +77,15 @@ class Reattach:
 
     async def _take_back_all(self) -> None:
         assert self._registry is not None
-        identity, records = self._registry.load()
+        records = await asyncio.to_thread(self._registry.claim)  # nobody else's, now ours
         if not records:
             return
         await self._lanes.gateway()  # up, so that its identity is known
-        if identity != self._lanes.backend().identity():
-            self._report_gone(records, f"they ran on {identity}, which is gone")
-            return
+        identity = self._lanes.backend().identity()
         for record in records:
+            if record.get("identity") != identity:
+                self._report_gone([record], f"they ran on {record.get('identity')}, which is gone")
+                continue
             try:
                 await self._take_back(record)
             except (JlabgwError, OSError, KeyError, ValueError) as exc:
@@ -123,10 +126,13 @@ class Reattach:
 
     async def hand_over(self) -> None:
         """At exit, if the job stays: leave the kernels running for the next server, which
-        takes them back from the registry as they are now (a running cell too). The sessions
-        leave the table; the registry is not written again."""
+        takes them back from the registry as they are now (a running cell too): their records
+        are handed over (no owner). The sessions leave the table; the registry is not written
+        again."""
         if self._registry is None or not self._done or not self._lanes.backend().keeps_kernels():
             return
+        records = [s.record() for s in self._sessions if not s.lane]
+        self._registry.save(self._lanes.backend().identity(), records, handed_over=True)
         self._handing_over = True
         for session in self._sessions:
             await session.conn.close()
