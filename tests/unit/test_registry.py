@@ -7,10 +7,13 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from jlabgw.processes import identity_alive, process_identity
 from jlabgw.sessions.registry import VERSION, SessionRegistry, this_owner
 
 
@@ -102,3 +105,18 @@ def test_records_of_other_servers_survive_and_only_free_ones_are_claimed(tmp_pat
     me.close()
     record = next(r for r in me.load()[1] if r["session_id"] == "m")
     assert (record["owner"], record["handed_over"]) == (None, True)
+
+
+def test_a_process_identity_tells_a_recycled_pid_apart() -> None:
+    me = process_identity(os.getpid())
+    assert me is not None
+    assert me.startswith(f"{os.getpid()}:")
+    assert identity_alive(me)
+    assert not identity_alive(f"{os.getpid()}:1")  # the same pid, another process
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child = process_identity(proc.pid)
+    proc.kill()
+    proc.wait()
+    assert child is not None
+    assert not identity_alive(child)
+    assert process_identity(proc.pid) is None
