@@ -25,11 +25,12 @@ from typing import Any
 
 from jlabgw.cluster.backends.base import Backend
 from jlabgw.cluster.backends.status import BackendStatus
-from jlabgw.config import Settings, load_settings
+from jlabgw.config import Settings
 from jlabgw.errors import ConnectionLostError, KernelNotFoundError
 from jlabgw.jupyter.endpoint import GatewayEndpoint
 from jlabgw.progress import Progress
 from jlabgw.sessions.kernels import Connection, Started
+from tests.helpers import make_settings
 
 Message = dict[str, Any]
 OnMessage = Callable[[Message], None]
@@ -38,19 +39,8 @@ _ids = itertools.count(1)
 
 
 def settings_for(root: Path, **extra: str) -> Settings:
-    """Settings under ``root`` with an empty config file (the user's own never leaks in)."""
-    root.mkdir(parents=True, exist_ok=True)
-    empty = root / "empty-config.toml"
-    empty.touch()
-    env = {
-        "JLABGW_NOTEBOOK_DIR": str(root / "notebooks"),
-        "JLABGW_STATE_DIR": str(root / "state"),
-        "JLABGW_CONFIG": str(empty),
-        "JLABGW_SPARE_KERNEL": "false",
-        "JLABGW_PROGRESS_INTERVAL": "0.05",
-        **{f"JLABGW_{k.upper()}": v for k, v in extra.items()},
-    }
-    return load_settings(environ=env)
+    """:func:`tests.helpers.make_settings` with no spare kernel and fast progress reports."""
+    return make_settings(root, **{"spare_kernel": "false", "progress_interval": "0.05", **extra})
 
 
 def _message(parent: str, msg_type: str, content: dict[str, Any]) -> Message:
