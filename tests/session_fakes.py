@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,7 @@ class FakeGateway:
         self.lost_reason: str | None = None  # set: the gateway is gone for good
 
     def new_kernel(self) -> FakeKernel:
-        kernel = FakeKernel(self, f"k{next(_ids)}")
+        kernel = FakeKernel(self, str(uuid.uuid4()))  # as a gateway names them
         self.kernels[kernel.id] = kernel
         return kernel
 

@@ -4,8 +4,12 @@ by the next, over a fake KernelStarter on the same fake gateway."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
+from typing import Any
 
+import nbformat
 import pytest
 
 from jlabgw.config import Settings
@@ -127,3 +131,140 @@ async def test_a_running_cell_is_adopted_with_the_output_of_the_gap(tmp_path: Pa
         assert (after.cell_index, after.execution_count) == (1, 2)
     finally:
         await second.aclose()
+
+
+# -- a registry is a file: what it names is checked before it is followed (issue 13) ----------
+
+
+class CountingStarter(FakeStarter):
+    """A FakeStarter that remembers which kernels it was asked to reach."""
+
+    def __init__(self, gateway: FakeGateway) -> None:
+        super().__init__(gateway)
+        self.connected: list[str] = []
+
+    async def connect(self, kernel_id: str, ws_session_id: str, lane: str = "") -> Any:
+        self.connected.append(kernel_id)
+        return await super().connect(kernel_id, ws_session_id, lane)
+
+
+def tamper(settings: Settings, sid: str, **changes: Any) -> None:
+    """Edit one record of the registry file, as someone with access to it could."""
+    path = settings.state_dir / "sessions" / REGISTRY
+    data = json.loads(path.read_text())
+    for record in data["sessions"]:
+        if record["session_id"] == sid:
+            record.update(changes)
+    path.write_text(json.dumps(data))
+
+
+async def take_back_tampered(
+    settings: Settings, gateway: FakeGateway, ids: dict[str, str], caplog: Any
+) -> tuple[SessionManager, CountingStarter]:
+    starter = CountingStarter(gateway)
+    manager = SessionManager(
+        settings, FakeBackend(registry=REGISTRY, identity="job-1"), starter=starter
+    )
+    with caplog.at_level(logging.WARNING, logger="jlabgw.sessions.reattach"):
+        await manager.ready()
+    # the untouched record is taken back as before
+    assert [s.session_id for s in manager.list()] == [ids["a"]]
+    return manager, starter
+
+
+def skipped_warning(caplog: Any, settings: Settings, why: str) -> None:
+    registry_file = str(settings.state_dir / "sessions" / REGISTRY)
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(registry_file in m and re.search(why, m) for m in messages), messages
+
+
+@pytest.mark.parametrize("where", ["outside", "symlink"])
+async def test_a_notebook_path_outside_the_notebook_dir_is_never_opened(
+    tmp_path: Path, caplog: Any, where: str
+) -> None:
+    settings, gateway = settings_for(tmp_path), FakeGateway()
+    ids = await first_server(settings, gateway)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    victim = elsewhere / "victim.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(), victim)
+    before = victim.read_bytes()
+    path = str(victim)
+    if where == "symlink":
+        link = settings.notebook_dir / "link.ipynb"
+        link.symlink_to(victim)
+        path = str(link)
+    tamper(settings, ids["b"], notebook_path=path)
+    manager, starter = await take_back_tampered(settings, gateway, ids, caplog)
+    try:
+        skipped_warning(caplog, settings, "outside the notebook directory")
+        assert starter.connected == [ids["ka"]]  # b's kernel was not even asked for
+        with pytest.raises(SessionLostError, match="its record in the session registry"):
+            manager.get(ids["b"])
+        await manager.execute(ids["a"], "= 3")
+    finally:
+        await manager.aclose()
+    assert victim.read_bytes() == before
+    # the bad record leaves the registry with this server's write
+    assert [s["session_id"] for s in registry(settings)["sessions"]] == [ids["a"]]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"kernel_id": "../../api/kernels"}, "kernel_id .* is not a kernel id"),
+        ({"kernel_id": 7}, "kernel_id .* is not a kernel id"),
+        ({"ws_session_id": "x&jlabgw_last=y"}, "ws_session_id .* is not a WebSocket session id"),
+        ({"notebook_path": "b.txt"}, "not a .ipynb file"),
+        ({"notebook_path": ["b.ipynb"]}, "notebook_path is not a string"),
+        ({"executions": "many"}, "executions .* is not a count"),
+        ({"running": {"msg_id": "m_1", "cell_index": -1}}, "running.cell_index"),
+        ({"running": {"msg_id": "a b", "cell_index": 0}}, "msg_id .* is not a message id"),
+        ({"running": "yes"}, "running is not an object"),
+    ],
+)
+async def test_a_record_with_a_field_jlabgw_never_writes_is_skipped(
+    tmp_path: Path, caplog: Any, changes: dict[str, Any], why: str
+) -> None:
+    settings, gateway = settings_for(tmp_path), FakeGateway()
+    ids = await first_server(settings, gateway)
+    tamper(settings, ids["b"], **changes)
+    manager, starter = await take_back_tampered(settings, gateway, ids, caplog)
+    try:
+        skipped_warning(caplog, settings, why)
+        assert starter.connected == [ids["ka"]]
+    finally:
+        await manager.aclose()
+
+
+async def test_a_session_id_of_another_shape_is_skipped_and_not_remembered(
+    tmp_path: Path, caplog: Any
+) -> None:
+    settings, gateway = settings_for(tmp_path), FakeGateway()
+    ids = await first_server(settings, gateway)
+    tamper(settings, ids["b"], session_id="../../" + ids["b"])
+    manager, starter = await take_back_tampered(settings, gateway, ids, caplog)
+    try:
+        skipped_warning(caplog, settings, "session_id .* is not a jlabgw session id")
+        assert starter.connected == [ids["ka"]]
+        with pytest.raises(UnknownSessionError):
+            manager.get("../../" + ids["b"])
+    finally:
+        await manager.aclose()
+
+
+def test_check_record_resolves_the_notebook_inside_the_dir(tmp_path: Path) -> None:
+    from jlabgw.sessions.reattach import BadRecordError, check_record
+
+    record = {
+        "session_id": "0123456789ab",
+        "kernel_id": "12345678-1234-1234-1234-123456789abc",
+        "ws_session_id": "0123456789abcdef0123456789abcdef",
+        "notebook_path": str(tmp_path / "sub" / ".." / "x.ipynb"),
+        "running": {"execution_id": "abcd1234", "msg_id": "s_1_2", "cell_index": 0},
+    }
+    assert check_record(record, tmp_path) == tmp_path.resolve() / "x.ipynb"
+    with pytest.raises(BadRecordError, match="not a JSON object"):
+        check_record([record], tmp_path)
+    with pytest.raises(BadRecordError, match="kernel id"):
+        check_record({**record, "kernel_id": record["kernel_id"].upper()}, tmp_path)
