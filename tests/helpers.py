@@ -15,6 +15,7 @@ from typing import Any
 import nbformat
 
 from jlabgw.config import Settings, load_settings
+from jlabgw.processes import process_identity
 
 PYTHON = sys.executable
 
@@ -139,3 +140,10 @@ def notebook_cells(path: str, count: int) -> list[Any]:
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     return list(nb.cells)
+
+
+def owner_of(pid: int) -> dict[str, str]:
+    """The owner record (jlabgw.processes.this_owner's shape) of process ``pid``, which runs."""
+    identity = process_identity(pid)
+    assert identity is not None, f"process {pid} does not run"
+    return {"host": socket.gethostname(), "process": identity}

@@ -9,13 +9,14 @@ to 0666, or the existing file's mode when it is replaced.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "ensure_private_dir", "write_private_file"]
+__all__ = ["atomic_write", "ensure_private_dir", "locked", "write_private_file"]
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -24,6 +25,20 @@ def ensure_private_dir(path: Path) -> Path:
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
         path.chmod(0o700)
     return path
+
+
+@contextlib.contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created 0600 in a private dir) for the
+    block: a read-modify-write of a file several processes of the user share. The kernel drops
+    the lock when the process dies, so a SIGKILLed holder never wedges the others."""
+    ensure_private_dir(lock_path.parent)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def atomic_write(

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from typing import Any
 
-__all__ = ["identity_alive", "pid_alive", "process_identity"]
+__all__ = [
+    "describe_owner",
+    "identity_alive",
+    "owner_alive",
+    "pid_alive",
+    "process_identity",
+    "this_owner",
+]
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -56,3 +65,30 @@ def identity_alive(identity: str) -> bool:
     if not start or ":" not in now:
         return True  # a start time is missing on one side: the pid is all we can compare
     return now == identity
+
+
+def this_owner() -> dict[str, str]:
+    """Who this process is, in records other processes of the user read (the session
+    registry, job leases, notebook holds): its host and :func:`process_identity`."""
+    return {"host": socket.gethostname(), "process": process_identity(os.getpid()) or ""}
+
+
+def owner_alive(owner: Any) -> bool:
+    """Whether the process a :func:`this_owner` record names still runs. Nobody (None, a
+    record handed over) is not; an owner on another host cannot be checked from here and
+    counts as alive (never take what a live process holds)."""
+    if not isinstance(owner, dict):
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True
+    return identity_alive(str(owner.get("process", "")))
+
+
+def describe_owner(owner: Any) -> str:
+    """``"jlabgw server pid N"`` (``"... on HOST"`` when elsewhere), for messages."""
+    if not isinstance(owner, dict):
+        return "nobody"
+    pid = str(owner.get("process", "?")).partition(":")[0]
+    host = owner.get("host")
+    where = f" on {host}" if host and host != socket.gethostname() else ""
+    return f"jlabgw server pid {pid}{where}"

@@ -3,7 +3,9 @@ kernels, and a manager over them (tests/session_fakes.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,12 @@ async def manager(tmp_path: Path, starter: FakeStarter) -> AsyncIterator[Session
     m = SessionManager(settings_for(tmp_path), FakeBackend(), starter=starter)
     yield m
     await m.aclose()
+
+
+@pytest.fixture
+def child() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process of ours, to stand for another server (an owner that is alive)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield proc
+    proc.kill()
+    proc.wait()

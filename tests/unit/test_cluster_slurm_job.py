@@ -18,6 +18,7 @@ from jlabgw.cluster.slurm.job import SlurmJob
 from jlabgw.cluster.ssh.connection import CommandResult
 from jlabgw.config import Settings
 from jlabgw.errors import BackendError
+from jlabgw.processes import this_owner
 from tests.helpers import make_settings
 
 pytestmark = pytest.mark.anyio
@@ -122,7 +123,7 @@ def test_submit_writes_a_private_script_and_records_the_job(
         f"{CONN_DIR}/nbjob.sbatch",
     ]
     recorded = json.loads((tmp_path / "state" / "slurm-nbjob.json").read_text())
-    assert recorded == {"job_id": "100", "where": "fake login node"}
+    assert recorded == {"job_id": "100", "where": "fake login node", "holders": [this_owner()]}
 
 
 def test_the_recorded_job_is_reused_only_while_active_under_our_name(

@@ -11,7 +11,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,9 @@ import pytest
 from jlabgw.config import Settings
 from jlabgw.errors import UnknownSessionError
 from jlabgw.notebook.text import outputs_to_text
-from jlabgw.processes import process_identity
 from jlabgw.sessions import registry as registry_module
 from jlabgw.sessions.manager import SessionManager
+from tests.helpers import owner_of
 from tests.session_fakes import FakeBackend, FakeGateway, FakeStarter, settings_for
 
 pytestmark = pytest.mark.anyio
@@ -58,21 +58,6 @@ async def written(settings: Settings, check: Callable[[dict[str, dict[str, Any]]
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"the registry never got there: {on_disk(settings)}")
-
-
-@pytest.fixture
-def child() -> Iterator[subprocess.Popen[bytes]]:
-    """A live process of ours, to be another server's owner."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
-def owner_of(pid: int) -> dict[str, str]:
-    identity = process_identity(pid)
-    assert identity is not None
-    return {"host": socket.gethostname(), "process": identity}
 
 
 @pytest.mark.parametrize("keep", [True, False], ids=["B-keeps-job", "B-exits"])

@@ -19,20 +19,17 @@ with a warning, and counts as empty.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
-import socket
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from jlabgw.fsutil import ensure_private_dir, write_private_file
-from jlabgw.processes import identity_alive, process_identity
+from jlabgw.fsutil import locked, write_private_file
+from jlabgw.processes import owner_alive, this_owner
 
 __all__ = ["VERSION", "SessionRegistry", "this_owner"]
 
@@ -41,21 +38,6 @@ log = logging.getLogger(__name__)
 VERSION = 2  # 1: the unversioned file of one server ({"identity", "sessions"}), still read
 
 Record = dict[str, Any]
-
-
-def this_owner() -> dict[str, str]:
-    """The owner this process writes into its records."""
-    return {"host": socket.gethostname(), "process": process_identity(os.getpid()) or ""}
-
-
-def owner_alive(owner: Any) -> bool:
-    """Whether a record's owner still runs. Nobody (handed over) is not; an owner on another
-    host cannot be checked from here and counts as alive (never take a live server's)."""
-    if not isinstance(owner, dict):
-        return False
-    if owner.get("host") != socket.gethostname():
-        return True
-    return identity_alive(str(owner.get("process", "")))
 
 
 class _Corrupt(ValueError):
@@ -101,16 +83,9 @@ class SessionRegistry:
     def lock_path(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
         """Held by one process (server) at a time, across a read-modify-write."""
-        ensure_private_dir(self.path.parent)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+        return locked(self.lock_path)
 
     def _read(self) -> list[Record]:
         """The records on disk (lock held); a file this version cannot read is set aside."""
@@ -175,6 +150,23 @@ class SessionRegistry:
             if claimed:
                 self._replace(records)
         return claimed
+
+    def orphans(self) -> list[Record]:
+        """The records left by a server that died without handing them over (owner gone):
+        what a next server would take back. [] if the file cannot be read."""
+        try:
+            with self._locked():
+                records = self._read()
+        except OSError as exc:
+            log.warning("cannot read the session registry %s: %s", self.path, exc)
+            return []
+        return [
+            r
+            for r in records
+            if isinstance(r.get("owner"), dict)
+            and r.get("owner") != self.owner
+            and not owner_alive(r.get("owner"))
+        ]
 
     def save(self, identity: str | None, sessions: list[Record], handed_over: bool = False) -> None:
         """Make this server's records ``sessions`` (on gateway ``identity``), off-thread.

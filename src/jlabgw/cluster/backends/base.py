@@ -82,6 +82,11 @@ class Backend(abc.ABC):
         sessions are handed over to the next server instead of shut down."""
         return False
 
+    def keep_for(self, why: str) -> None:  # noqa: B027 - an optional hook
+        """Leave the gateway running at exit, ``why``: sessions that a server which died left
+        on it, for the next server to take back (its idle timeout ends it otherwise). Only for
+        backends whose kernels outlive the server; a no-op by default."""
+
     def identity(self) -> str | None:
         """Which gateway is up now (a job id); sessions recorded under another are gone."""
         return None

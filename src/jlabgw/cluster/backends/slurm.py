@@ -27,6 +27,7 @@ from typing import ClassVar
 from jlabgw.cluster.backends.base import Backend
 from jlabgw.cluster.backends.status import BackendStatus, GatewayStatus, JobInfo
 from jlabgw.cluster.connection_file import GatewayInfo
+from jlabgw.cluster.leases import describe_holders
 from jlabgw.cluster.slurm.job import SlurmJob
 from jlabgw.cluster.ssh.tunnel import NodeTunnel, node_connector
 from jlabgw.config import Settings
@@ -76,6 +77,7 @@ class SlurmBackend(Backend):
         self._early: threading.Thread | None = None  # begin()'s submission, until start() joins
         self._early_timings: dict[str, float] = {}
         self._early_error: BaseException | None = None
+        self._kept_for: str | None = None  # why the job is left running at exit (keep_for)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -217,11 +219,42 @@ class SlurmBackend(Backend):
         job, self._job = self._job, None
         if job is None:
             return
-        if job.job_id and not self._settings.keep_job:
-            log.info("cancelling batch job %s", job.job_id)
-            job.cancel_quietly()
-            job.forget()
+        job_id = job.job_id
+        if job_id:
+            keep = self._settings.keep_job or self._kept_for is not None
+            others = job.leave(cancel=not keep)
+            if others:
+                log.info(
+                    "batch job %s keeps running: other jlabgw servers use it (%s)",
+                    job_id,
+                    describe_holders(others),
+                )
+            elif self._kept_for:
+                log.warning(
+                    "leaving batch job %s running: %s. If no server takes them back, "
+                    "JLABGW_KERNEL_IDLE_TIMEOUT then JLABGW_JOB_IDLE_TIMEOUT end it",
+                    job_id,
+                    self._kept_for,
+                )
+            elif not keep:
+                log.info("cancelled batch job %s (no other jlabgw server uses it)", job_id)
         job.close()
+
+    @staticmethod
+    def _sharers(job: SlurmJob | None) -> list[int]:
+        """The pids of the other live servers of this user that hold our job."""
+        if job is None or job.job_id is None:
+            return []
+        try:
+            holders = job.sharers()
+        except OSError:
+            return []
+        return [
+            int(p) for h in holders if (p := str(h.get("process", "")).partition(":")[0]).isdigit()
+        ]
+
+    def keep_for(self, why: str) -> None:
+        self._kept_for = why
 
     # -- status ------------------------------------------------------------------------------
 
@@ -248,5 +281,6 @@ class SlurmBackend(Backend):
                 time_left=status.time_left if status else None,
                 seconds_left=status.seconds_left if status else None,
                 where=self._where,
+                shared_with=self._sharers(job),
             ),
         )

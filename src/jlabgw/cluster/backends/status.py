@@ -53,13 +53,19 @@ class JobInfo:
     time_left: str | None = None
     seconds_left: int | None = None
     where: str | None = None  # the host the scheduler commands run on
+    # pids of this user's other live jlabgw servers holding the job (it ends with the last)
+    shared_with: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobInfo:
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
+        fields = {k: data.get(k) for k in cls.__dataclass_fields__}
+        shared = fields.pop("shared_with", None)
+        return cls(
+            **fields, shared_with=[int(p) for p in shared] if isinstance(shared, list) else []
+        )
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from pathlib import Path
 
 from jlabgw.cluster.connection_file import GatewayInfo, JobFiles, read_connection_file
 from jlabgw.cluster.host import Host, expand_home, host_for
+from jlabgw.cluster.leases import JobLeases
 from jlabgw.cluster.slurm.batch import render_batch_script
 from jlabgw.cluster.slurm.client import JobStatus, SlurmClient, hopeless_reason
 from jlabgw.config import Settings
 from jlabgw.errors import BackendError, JlabgwError
-from jlabgw.fsutil import ensure_private_dir, write_private_file
 from jlabgw.progress import Progress
 
 __all__ = ["SlurmJob"]
@@ -43,14 +42,15 @@ class SlurmJob:
     """This server's batch job (at most one at a time) on ``host``, and the last status seen.
 
     ``job_id`` is None until :meth:`reuse_or_submit`, and again after :meth:`forget`. The job
-    recorded in ``state_file`` (this machine) is reused while it runs under our job name."""
+    recorded in ``state_file`` (this machine) is reused while it runs under our job name, and
+    shared with the other servers holding a lease on it there (:mod:`jlabgw.cluster.leases`)."""
 
     def __init__(self, host: Host, settings: Settings, files: JobFiles, state_file: Path) -> None:
         self.host = host
         self.slurm = SlurmClient(host)
         self.files = files
         self._settings = settings
-        self._state_file = state_file
+        self.leases = JobLeases(state_file)
         self.job_id: str | None = None
         self.status: JobStatus | None = None
 
@@ -81,37 +81,51 @@ class SlurmJob:
     # -- submit --------------------------------------------------------------------------------
 
     def reuse_or_submit(self) -> str:
-        """Our recorded job if it still runs (or waits) under our name, else a new one."""
-        recorded = self._recorded_job()
-        if recorded:
-            status = self.slurm.status(recorded)
-            if status.active and status.name == self._settings.job_name:
-                log.info("reusing batch job %s (%s)", recorded, status.state)
-                self.job_id = recorded
-                return recorded
-        script = self.files.script(self._settings.job_name)
-        self.host.write_bytes(script, render_batch_script(self._settings).encode(), mode=0o600)
-        job_id = self.slurm.submit(script, extra_args=[f"--output={self.files.log('%j')}"])
-        log.info("submitted batch job %s on %s", job_id, self.where)
-        ensure_private_dir(self._state_file.parent)
-        write_private_file(
-            self._state_file, json.dumps({"job_id": job_id, "where": self.where}).encode()
-        )
+        """Our recorded job if it still runs (or waits) under our name, else a new one; this
+        server holds a lease on it either way (another server of ours may share it)."""
+        name = self._settings.job_name
+
+        def usable(job_id: str) -> bool:
+            status = self.slurm.status(job_id)
+            return status.active and status.name == name
+
+        def submit() -> str:
+            script = self.files.script(name)
+            self.host.write_bytes(script, render_batch_script(self._settings).encode(), mode=0o600)
+            return self.slurm.submit(script, extra_args=[f"--output={self.files.log('%j')}"])
+
+        job_id, reused = self.leases.acquire(usable, submit, self.where)
+        if reused:
+            log.info("reusing batch job %s on %s", job_id, self.where)
+        else:
+            log.info("submitted batch job %s on %s", job_id, self.where)
         self.job_id = job_id
         return job_id
 
-    def _recorded_job(self) -> str | None:
-        try:
-            data = json.loads(self._state_file.read_text())
-        except (OSError, ValueError):
-            return None
-        job_id = data.get("job_id") if isinstance(data, dict) else None
-        return str(job_id) if job_id else None
-
     def forget(self) -> None:
         """The job is gone: the next :meth:`reuse_or_submit` submits a new one."""
-        self._state_file.unlink(missing_ok=True)
+        self.leases.forget(self.job_id)
         self.job_id = None
+
+    def sharers(self) -> list[dict[str, str]]:
+        """The other live servers holding a lease on our job."""
+        return self.leases.others(self.job_id)
+
+    def leave(self, cancel: bool) -> list[dict[str, str]]:
+        """Give up our lease; with ``cancel``, ``scancel`` the job if we were its last live
+        holder. Returns the live holders that keep it (then it was not cancelled)."""
+        if self.job_id is None:
+            return []
+        try:
+            others = self.leases.release(self.job_id, self.cancel_quietly if cancel else None)
+        except OSError as exc:  # the lease file is unwritable: cancelling is the safe default
+            log.warning("cannot update the job lease %s: %s", self.leases.path, exc)
+            if cancel:
+                self.cancel_quietly()
+            return []
+        if not others and cancel:
+            self.job_id = None
+        return others
 
     def cancel_quietly(self) -> None:
         """``scancel`` the job, ignoring failures (it may have ended already)."""
