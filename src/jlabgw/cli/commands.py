@@ -90,10 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         "stop",
         parents=[common],
         help="stop running jlabgw servers",
-        description="Stop running jlabgw servers (SIGTERM) and orphaned "
-        "gateways; their kernels stop, notebooks are kept.",
+        description="Stop a running jlabgw server (SIGTERM) and orphaned gateways; its "
+        "kernels stop (a batch job only once no other server of yours uses it), notebooks "
+        "are kept. With several servers running (two MCP clients), name one with --pid or "
+        "stop them all with --all.",
     )
-    stop.add_argument("--pid", type=int, help="stop only this server")
+    which = stop.add_mutually_exclusive_group()
+    which.add_argument("--pid", type=int, help="stop only this server")
+    which.add_argument("--all", action="store_true", help="stop every running server")
     tunnel = sub.add_parser(
         "tunnel",
         parents=[common],
@@ -158,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "status":
             return servers.status(settings, as_json=args.json)
         if command == "stop":
-            return servers.stop(settings, args.pid)
+            return servers.stop(settings, args.pid, every=args.all)
         if command == "tunnel":
             return tunnel.tunnel(settings, args.remote)
         if command == "config":

@@ -52,6 +52,9 @@ def _print_state(state: ServerState) -> None:
             + (f" (reason: {job.reason})" if job.reason else "")
             + f" [{job.where}]"
         )
+        if job.shared_with:
+            pids = ", ".join(str(pid) for pid in job.shared_with)
+            print(f"  job shared with server pid {pids}: it ends when the last of them exits")
     for extra in status.jobs[1:]:  # jobs of other resource shapes
         print(
             f"  job: {(extra.job.id if extra.job else None) or '-'} "
@@ -65,7 +68,10 @@ def _print_state(state: ServerState) -> None:
         print(f"    {s.session_id}  {s.state:<5}  {s.cells:>4} cells  {s.notebook_path}")
 
 
-def stop(settings: Settings, only_pid: int | None) -> int:
+def stop(settings: Settings, only_pid: int | None, every: bool = False) -> int:
+    """Stop the one server running (plus orphaned gateways), the one ``only_pid`` names, or
+    with ``every`` all of them. Several running and none named: refused, naming them (one
+    may be another MCP client's, with hours of kernel state)."""
     states = read_server_states(settings.state_dir)
     if only_pid is not None:
         states = [s for s in states if s.pid == only_pid]
@@ -74,6 +80,16 @@ def stop(settings: Settings, only_pid: int | None) -> int:
     if not states:
         print("no jlabgw server running")
         return 0
+    live = [s for s in states if not s.stale]
+    if only_pid is None and not every and len(live) > 1:
+        listed = "; ".join(
+            f"pid {s.pid}: {len(s.status.sessions)} session(s), notebooks {s.status.notebook_dir}"
+            for s in live
+        )
+        raise UsageError(
+            f"{len(live)} jlabgw servers are running ({listed}). Stop one with "
+            "`jlabgw stop --pid PID`, or all of them with `jlabgw stop --all`"
+        )
     failed = 0
     for state in states:
         pid = state.orphan_gateway_pid if state.orphan_gateway_pid else state.pid

@@ -41,6 +41,7 @@ from jlabgw.notebook.recorder import DisplayIndex
 from jlabgw.notebook.writer import NotebookWriter
 from jlabgw.progress import Progress, no_progress
 from jlabgw.sessions.execution import ExecutionResult
+from jlabgw.sessions.holds import NotebookHolds
 from jlabgw.sessions.kernels import (
     GatewayStarter,
     KernelStarter,
@@ -51,6 +52,7 @@ from jlabgw.sessions.kernels import (
 from jlabgw.sessions.lanes import Lanes
 from jlabgw.sessions.lost import lose_with_siblings
 from jlabgw.sessions.opening import Opening
+from jlabgw.sessions.orphans import keep_job_for_orphans
 from jlabgw.sessions.reattach import Reattach
 from jlabgw.sessions.registry import SessionRegistry
 from jlabgw.sessions.runner import Runner
@@ -81,7 +83,9 @@ class SessionManager:
         self.backend = backend
         self.writer = writer or NotebookWriter()
         self._owns_writer = writer is None
-        self._sessions = SessionTable()
+        # the notebooks this user's servers record into: one server's sessions at a time
+        self._holds = NotebookHolds(settings.state_dir / "notebooks.json")
+        self._sessions = SessionTable(self._holds)
         self._on_change = on_change or (lambda: None)
         # one lane (backend + gateway client) per resource shape; "" is the configured backend
         self._lanes = Lanes(settings, backend, self._changed)
@@ -101,6 +105,7 @@ class SessionManager:
         # them back (reattach). None for backends whose kernels stop with the server.
         name = backend.registry_name()
         registry = SessionRegistry(settings.state_dir / "sessions" / name) if name else None
+        self._registry = registry
         self._reattach = Reattach(
             registry,
             self._sessions,
@@ -204,7 +209,8 @@ class SessionManager:
             lane,
             lambda started: self._opening.open_or_create(path, experiment_name, started.metadata),
         )
-        return self._opening.register(experiment_name, started, doc, lane).info(self.backend.name)
+        session = await self._opening.register(experiment_name, started, doc, lane)
+        return session.info(self.backend.name)
 
     async def resume(
         self,
@@ -223,9 +229,9 @@ class SessionManager:
         name = kernel_name or notebook_kernel(doc.nb)
         lane = await self._lanes.lane_for(resources)
         started = await self._pool.take(progress, name, lane)
-        with doc.editing() as nb:
+        session = await self._opening.register(experiment_name, started, doc, lane)
+        with doc.editing() as nb:  # once it is ours: nothing is written into a held notebook
             nb.metadata.update(started.metadata)
-        session = self._opening.register(experiment_name, started, doc, lane)
         executed, failed = await self._runner.rerun(session, progress)
         return session.info(self.backend.name, executed_cells=executed, failed_cells=failed)
 
@@ -247,7 +253,7 @@ class SessionManager:
         started, doc = await self._opening.kernel_and_doc(
             progress, name, lane, lambda started: self._opening.fork(path, nb, started.metadata)
         )
-        session = self._opening.register(experiment_name, started, doc, lane)
+        session = await self._opening.register(experiment_name, started, doc, lane)
         return session.info(self.backend.name, original_notebook=str(path), cells=len(doc.nb.cells))
 
     # -- running code --------------------------------------------------------------------------
@@ -379,6 +385,10 @@ class SessionManager:
             except JlabgwError as exc:
                 log.warning("shutting down session %s: %s", session.id, exc)
         await self._reattach.close()
+        if self._registry is not None:
+            await asyncio.to_thread(keep_job_for_orphans, self._registry, self.backend)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._holds.release_all)
         await self._lanes.aclose()
         if self._owns_writer:
             await asyncio.to_thread(self.writer.close)

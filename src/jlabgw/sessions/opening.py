@@ -91,10 +91,12 @@ class Opening:
             metadata=dict(nb.metadata),
         )
 
-    def register(
+    async def register(
         self, experiment_name: str, started: Started, doc: NotebookDoc, lane: str = ""
     ) -> Session:
-        """The session joining a started kernel and its notebook, added to the table."""
+        """The session joining a started kernel and its notebook, added to the table. If the
+        notebook turns out to be held by another server meanwhile, the kernel is discarded
+        and :class:`~jlabgw.errors.SessionBusyError` raised."""
         conn = started.conn
         session = Session(
             id=uuid.uuid4().hex[:12],
@@ -106,7 +108,11 @@ class Opening:
             start_seconds=started.seconds,
             lane=lane,
         )
-        self._sessions.add(session)
+        try:
+            self._sessions.add(session)
+        except BaseException:
+            await self._starter.discard(conn, lane)
+            raise
         log.info("session %s: kernel %s, notebook %s", session.id, conn.kernel_id, doc.path)
         self._changed()
         return session

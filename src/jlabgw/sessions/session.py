@@ -10,6 +10,7 @@ the table of a manager's sessions.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,10 +26,13 @@ from jlabgw.errors import (
 from jlabgw.notebook.document import NotebookDoc
 from jlabgw.notebook.recorder import DisplayIndex
 from jlabgw.sessions.execution import Execution
+from jlabgw.sessions.holds import NotebookHolds
 from jlabgw.sessions.kernels import Connection
 from jlabgw.sessions.status import SessionStatus
 
 __all__ = ["Session", "SessionTable", "notebook_kernel"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -150,20 +154,40 @@ class SessionTable:
     server's that could not be taken back, and this server's whose gateway (batch job) ended.
     Those are kept for the server's life, so every call on one says what happened."""
 
-    def __init__(self) -> None:
+    def __init__(self, holds: NotebookHolds | None = None) -> None:
+        """``holds``: the notebooks held by this user's servers (None: this table only)."""
         self._by_id: dict[str, Session] = {}
         self._gone: dict[str, str] = {}  # session id -> why it is gone (what get() raises)
+        self._holds = holds
 
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._by_id.values()))
 
     def add(self, session: Session) -> None:
+        """Raises :class:`SessionBusyError` if another live server holds the notebook."""
+        if self._holds is not None:
+            try:
+                self._holds.take(session.doc.path, session.id)
+            except OSError as exc:  # never refuse work over it; say so
+                log.warning("cannot record that %s is in use: %s", session.doc.path, exc)
         self._by_id[session.id] = session
 
+    def _release(self, session: Session) -> None:
+        if self._holds is not None:
+            try:
+                self._holds.release(session.doc.path)
+            except OSError as exc:
+                log.warning("cannot record that %s is free: %s", session.doc.path, exc)
+
     def remove(self, session_id: str) -> Session | None:
-        return self._by_id.pop(session_id, None)
+        session = self._by_id.pop(session_id, None)
+        if session is not None:
+            self._release(session)
+        return session
 
     def clear(self) -> None:
+        for session in list(self._by_id.values()):
+            self._release(session)
         self._by_id.clear()
 
     def mark_gone(self, session_id: str, why: str) -> None:
@@ -177,6 +201,7 @@ class SessionTable:
         if self._by_id.get(session.id) is not session:
             return False
         del self._by_id[session.id]
+        self._release(session)
         self._gone[session.id] = why
         return True
 
@@ -197,12 +222,19 @@ class SessionTable:
         return next((s for s in self._by_id.values() if s.doc.path == path), None)
 
     def refuse_if_held(self, path: Path) -> None:
+        """Raises :class:`SessionBusyError` if a session here or of another live server of
+        this user records into ``path``."""
         holder = self.holder_of(path)
         if holder is not None:
             raise SessionBusyError(
                 f"{path.name} is already open in session {holder.id}; keep using that session, "
                 "or shutdown_session it first (start_session_continue_notebook forks a copy)"
             )
+        if self._holds is not None:
+            try:
+                self._holds.refuse_if_held(path)
+            except OSError as exc:
+                log.warning("cannot tell whether %s is in use elsewhere: %s", path, exc)
 
 
 def notebook_kernel(nb: Any) -> str | None:
