@@ -11,8 +11,14 @@ What it does, in order:
    environment the kernels inherit. It lives in a 0600 gateway config file in a 0700 work dir.
 2. A free port on 127.0.0.1 and the gateway with ``port_retries=0``; on a clash it exits and
    we retry on another port (any other failure ends the attempts: it would only repeat).
-3. Once an authenticated request succeeds, the connection file (host, port, token, job id) is
-   written atomically with mode 0600.
+   Kernels talk to the gateway over Unix sockets in a 0700 directory (``KernelManager.transport
+   = ipc``): nothing of a kernel listens on TCP, where any user of a shared node could
+   subscribe to its output (ZMQ has no authentication; the HMAC key only signs messages).
+3. No token leaves this process before the socket listening on 127.0.0.1:PORT is shown to be
+   the gateway's own (its inode in /proc/net/tcp is among the gateway pid's fds): another user
+   who holds the port gets nothing, and we retry on another port. Once an authenticated
+   request succeeds, the connection file (host, port, token, job id) is written atomically
+   with mode 0600.
 4. SIGTERM (scancel, walltime) or SIGINT: remove the connection file, stop the gateway (which
    shuts its kernels down), remove the work dir.
 5. Idle protection: the gateway culls kernels idle for ``--kernel-idle`` seconds; the job exits
@@ -26,6 +32,8 @@ What it does, in order:
 
 Usage: python job_supervisor.py --connection-file F --work-dir D [--kernel-idle S] [--job-idle S]
        [--gateway-restarts N] [--gateway-log F] [--connection-class MODULE.CLASS] [--keep-umask]
+       [--kernel-transport ipc|tcp]   (default: $JLABGW_KERNEL_TRANSPORT, else ipc; tcp only for
+       a kernel that cannot do ipc, and never on a node shared with other users)
 
 The local backend passes ``--job-idle 0 --kernel-idle 0 --gateway-restarts 0`` (its gateway
 lives as long as the server), its own log file, the connection class by its jlabgw name, and
@@ -41,8 +49,10 @@ import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -77,6 +87,13 @@ NODELAY_CLASS = "jlabgw_nodelay.NoDelayChannelsConnection"  # jlabgw/gateway_ext
 # What Kernel Gateway logs when its port is taken (port_retries=0 makes it exit then)
 PORT_CLASH_MARKERS = ("no available port could be found", "Address already in use")
 
+# Kernel sockets: jupyter_client names them ``<runtime dir>/kernel-<kernel id>-ipc-<n>``, one
+# prefix per kernel (a prefix shared by all kernels would race: libzmq unlinks an existing path
+# when it binds, so two kernels starting at once could take each other's sockets). The runtime
+# dir is the gateway's JUPYTER_RUNTIME_DIR, a 0700 dir of ours, node-local.
+SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the final NUL
+KERNEL_SOCKET_NAME = "kernel-" + "0" * 36 + "-ipc-99"  # the longest name a kernel's socket gets
+
 
 def log(message: str) -> None:
     print(f"jlabgw-job: {message}", file=sys.stderr, flush=True)
@@ -101,10 +118,18 @@ def write_private(path: Path, data: str) -> None:
 
 
 def gateway_config(
-    port: int, token: str, kernel_idle: int = 0, connection_class: str = NODELAY_CLASS
+    port: int,
+    token: str,
+    kernel_idle: int = 0,
+    connection_class: str = NODELAY_CLASS,
+    kernel_transport: str = "ipc",
 ) -> dict[str, Any]:
-    """Traitlets config: loopback only, fixed port, TCP_NODELAY, no IOPub limit, culling."""
+    """Traitlets config: loopback only, fixed port, TCP_NODELAY, no IOPub limit, culling, and
+    kernels on Unix sockets (their directory is the gateway's JUPYTER_RUNTIME_DIR)."""
     config: dict[str, Any] = {
+        # every KernelManager the MappingKernelManager makes (one per kernel) reads this; its
+        # ``ip`` then defaults to the connection file's path (runtime dir, kernel id) + "-ipc"
+        "KernelManager": {"transport": kernel_transport},
         "KernelGatewayApp": {
             "ip": "127.0.0.1",
             "port": port,
@@ -128,6 +153,96 @@ def gateway_config(
             "cull_connected": False,
         }
     return config
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` if it is a real directory of ours that nobody else may enter; else exit."""
+    info = path.lstat()
+    if not path.is_dir() or path.is_symlink() or info.st_uid != os.getuid():
+        raise SystemExit(f"jlabgw-job: {path} is not a directory of this user; refusing it")
+    if info.st_mode & 0o077:
+        raise SystemExit(f"jlabgw-job: {path} has mode {info.st_mode & 0o777:o}, not 700")
+    return path
+
+
+def kernel_socket_dir(work_dir: Path) -> tuple[Path, bool]:
+    """The 0700 dir for the kernels' Unix sockets and connection files: ``k`` in the work dir,
+    or, if a socket there would have too long a path, a new private dir in the temp dir, /tmp
+    or /dev/shm. Returns (dir, whether it is outside the work dir). Exits if none fits."""
+    candidate = work_dir / "k"
+    if len(os.fsencode(candidate / KERNEL_SOCKET_NAME)) <= SOCKET_PATH_MAX:
+        candidate.mkdir(mode=0o700, exist_ok=True)
+        return private_dir(candidate), False
+    for base in dict.fromkeys((tempfile.gettempdir(), "/tmp", "/dev/shm")):  # noqa: S108
+        room = SOCKET_PATH_MAX - len(os.fsencode(base)) - len("/jlabgw-k-12345678/")
+        if room >= len(KERNEL_SOCKET_NAME) and os.path.isdir(base):
+            path = Path(tempfile.mkdtemp(prefix="jlabgw-k-", dir=base))  # 0700
+            log(f"{candidate} is too long for Unix socket paths; kernel sockets go to {path}")
+            return private_dir(path), True
+    raise SystemExit(
+        f"jlabgw-job: kernel socket paths in {candidate} would be longer than the "
+        f"{SOCKET_PATH_MAX} bytes a Unix socket path may have, and no shorter temp dir was "
+        "found: point TMPDIR to a shorter directory"
+    )
+
+
+def proc_net_address(family: socket.AddressFamily, address: str) -> str:
+    """``address`` as /proc/net/tcp(6) prints it: each 32-bit word in host byte order, hex."""
+    packed = socket.inet_pton(family, address)
+    words = struct.unpack(f"={len(packed) // 4}I", packed)
+    return "".join(f"{word:08X}" for word in words)
+
+
+# A connection to 127.0.0.1:PORT reaches a listener on 127.0.0.1 or 0.0.0.0, or on :: or
+# ::ffff:127.0.0.1 (dual stack)
+_LOOPBACK4 = {proc_net_address(socket.AF_INET, a) for a in ("127.0.0.1", "0.0.0.0")}  # noqa: S104
+_LOOPBACK6 = {proc_net_address(socket.AF_INET6, a) for a in ("::", "::ffff:127.0.0.1")}
+
+
+def listeners(port: int) -> dict[int, int]:
+    """Socket inode -> uid of every TCP listener (state 0A) that a connection to
+    127.0.0.1:``port`` could reach, from /proc/net/tcp and tcp6 (this network namespace)."""
+    found: dict[int, int] = {}
+    for table, addresses in (("/proc/net/tcp", _LOOPBACK4), ("/proc/net/tcp6", _LOOPBACK6)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:  # no IPv6 here
+            continue
+        for line in lines:
+            fields = line.split()  # sl local remote st tx:rx tr:when retrnsmt uid timeout inode
+            if len(fields) < 10 or fields[3] != "0A":
+                continue
+            address, _, hex_port = fields[1].partition(":")
+            if int(hex_port, 16) == port and address.upper() in addresses:
+                found[int(fields[9])] = int(fields[7])
+    return found
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets among ``pid``'s open files (empty if it cannot be read)."""
+    inodes = set()
+    try:
+        entries = list(os.scandir(f"/proc/{pid}/fd"))
+    except OSError:
+        return set()
+    for entry in entries:
+        try:
+            target = os.readlink(entry.path)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def strangers(port: int, pid: int) -> dict[int, int] | None:
+    """Who else listens where 127.0.0.1:``port`` leads: inode -> uid of each listener that is
+    not process ``pid``'s ({} when all are), or None while nobody listens there yet."""
+    held = listeners(port)
+    if not held:
+        return None
+    own = socket_inodes(pid)
+    return {inode: uid for inode, uid in held.items() if inode not in own}
 
 
 def api(port: int, token: str, path: str, timeout: float = 5.0) -> Any:
@@ -168,6 +283,9 @@ class Supervisor:
         self.stopping = False
         self.keep_umask: bool = args.keep_umask
         self.gateway_umask = -1  # -1: the gateway and its kernels get ours (077)
+        self.kernel_transport: str = args.kernel_transport
+        self.socket_dir: Path | None = None  # the kernels' (ipc); made by run()
+        self.socket_dir_apart = False  # not in the work dir: removed on its own
 
     def gateway_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -176,6 +294,8 @@ class Supervisor:
                 p for p in (str(self.work_dir), env.get("PYTHONPATH", "")) if p
             )
         env.pop("KG_AUTH_TOKEN", None)
+        if self.socket_dir is not None:  # kernel connection files and ipc sockets go there
+            env["JUPYTER_RUNTIME_DIR"] = str(self.socket_dir)
         return env
 
     def start_gateway(self) -> tuple[int, str]:
@@ -184,7 +304,9 @@ class Supervisor:
         for attempt in range(1, PORT_ATTEMPTS + 1):
             port, token = free_port(), secrets.token_urlsafe(32)
             config = self.work_dir / "kernel_gateway_config.json"
-            settings = gateway_config(port, token, self.kernel_idle, self.connection_class)
+            settings = gateway_config(
+                port, token, self.kernel_idle, self.connection_class, self.kernel_transport
+            )
             write_private(config, json.dumps(settings))
             log_start = file_size(self.gateway_log)
             log_file = self.gateway_log.open("ab")
@@ -198,26 +320,50 @@ class Supervisor:
             )
             log_file.close()
             deadline = time.monotonic() + READY_TIMEOUT
+            impostor = ""
             while time.monotonic() < deadline and not self.stopping:
                 if self.proc.poll() is not None:
                     break
+                impostor = self.impostor(port)
+                if impostor:  # the token must not go there
+                    break
                 try:
-                    api(port, token, "/api/kernelspecs", timeout=2)
-                    return port, token
+                    if self.owns(port):
+                        api(port, token, "/api/kernelspecs", timeout=2)
+                        return port, token
                 except (OSError, urllib.error.URLError):
-                    time.sleep(POLL)
+                    pass
+                time.sleep(POLL)
             code = self.proc.poll()
-            last = f"exit code {code}" if code is not None else "no answer"
+            last = f"exit code {code}" if code is not None else impostor or "no answer"
             self.stop_gateway()
             if self.stopping:
                 break
             output = log_since(self.gateway_log, log_start)
-            if not any(marker in output for marker in PORT_CLASH_MARKERS):
+            if not impostor and not any(marker in output for marker in PORT_CLASH_MARKERS):
                 break  # not a port clash: another attempt would fail the same way
             log(f"gateway attempt {attempt}: port {port} was taken ({last}); retrying")
         raise SystemExit(
             f"jlabgw-job: Kernel Gateway did not start ({last}); see {self.gateway_log}"
         )
+
+    def impostor(self, port: int) -> str:
+        """Why ``port`` is someone else's ("" while it is not): a listener there that is not
+        our gateway process's socket."""
+        pid = self.proc.pid if self.proc is not None else -1
+        others = strangers(port, pid) or {}
+        if not others:
+            return ""
+        who = ", ".join(f"uid {uid} (socket inode {inode})" for inode, uid in others.items())
+        log(
+            f"127.0.0.1:{port} is held by another process, {who}, not by the gateway "
+            f"(pid {pid}): an impostor or a port clash; its token was not sent there"
+        )
+        return f"held by {who}"
+
+    def owns(self, port: int) -> bool:
+        """The only listener that 127.0.0.1:``port`` reaches is the gateway process's own."""
+        return self.proc is not None and strangers(port, self.proc.pid) == {}
 
     def stop_gateway(self) -> None:
         proc, self.proc = self.proc, None
@@ -242,6 +388,13 @@ class Supervisor:
             signal.signal(signum, self.on_signal)
         self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.connection_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.kernel_transport == "ipc":
+            self.socket_dir, self.socket_dir_apart = kernel_socket_dir(private_dir(self.work_dir))
+        else:
+            log(
+                "kernels listen on TCP (--kernel-transport tcp): other users of this node can "
+                "subscribe to their output"
+            )
         restarts, previous_exit = 0, ""
         try:
             while True:
@@ -277,6 +430,8 @@ class Supervisor:
         finally:
             self.connection_file.unlink(missing_ok=True)
             self.stop_gateway()
+            if self.socket_dir is not None and self.socket_dir_apart:
+                shutil.rmtree(self.socket_dir, ignore_errors=True)
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def watch(self, port: int, token: str) -> str | None:
@@ -291,8 +446,8 @@ class Supervisor:
             now = time.monotonic()
             if self.job_idle and now >= next_check:
                 next_check = now + min(IDLE_CHECK_EVERY, self.job_idle / 4)
-                try:
-                    kernels = api(port, token, "/api/kernels")
+                try:  # (a gateway that died meanwhile is noticed above, next round)
+                    kernels = api(port, token, "/api/kernels") if self.owns(port) else None
                 except (OSError, urllib.error.URLError, ValueError):
                     kernels = None
                 if kernels:
@@ -344,6 +499,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connection-class", default=NODELAY_CLASS)
     parser.add_argument(
         "--keep-umask", action="store_true", help="the gateway and kernels keep the caller's umask"
+    )
+    parser.add_argument(
+        "--kernel-transport",
+        choices=("ipc", "tcp"),
+        default=os.environ.get("JLABGW_KERNEL_TRANSPORT") or "ipc",
+        help="how kernels talk to the gateway (tcp: any user of the node can listen in)",
     )
     return Supervisor(parser.parse_args(argv)).run()
 
