@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from jlabgw.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE",
     "ENV_PREFIX",
     "Resolved",
     "Settings",
@@ -33,6 +34,12 @@ __all__ = [
 ]
 
 ENV_PREFIX = "JLABGW_"
+
+# The largest message read from a kernel or the MCP client. The 10 MB print of the throughput
+# target is ~10 MB of JSON, up to 6x that when its characters are escaped (\u0001), a 20 MB
+# image 27 MB of base64: 256 MiB refuses only the pathological while one message's copies
+# (JSON text, parsed, notebook) stay within ~1 GiB of server memory.
+DEFAULT_MAX_MESSAGE = 256 * 2**20
 
 # a job name becomes part of file names on the cluster and here: one plain path component
 _JOB_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -95,6 +102,12 @@ class Settings(BaseModel):
         ge=10_000,
         description="Images with more pixels (width x height, read from the header before "
         "decoding) are refused in tool results with a note (the notebook keeps them).",
+    )
+    max_message: int = Field(
+        DEFAULT_MAX_MESSAGE,
+        ge=2**20,
+        description="Bytes in one message from a kernel or from the MCP client (a stdio line); "
+        "a larger one is refused unread: the cell gets a note, the call an error.",
     )
     # -- SSH (login node / compute nodes) ------------------------------------------------------
     ssh_host: str = Field(

@@ -13,12 +13,16 @@ nothing lost (:mod:`jlabgw.jupyter.replay` drops repeats and settles requests th
 swallowed). Code is never executed twice. Every way of getting no answer (the socket cannot be
 opened, drops, or the connection was closed) fails the request with
 :class:`~jlabgw.errors.ConnectionLostError`.
+
+The kernel's messages are untrusted input: one over ``max_message`` bytes is refused unread
+(:mod:`~jlabgw.jupyter.replay`), each other is checked (:mod:`~jlabgw.jupyter.messages`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import urllib.parse
@@ -31,10 +35,19 @@ from jupyter_client.jsonutil import json_default
 from jupyter_client.session import Session
 from websockets.asyncio.client import ClientConnection
 
+from jlabgw.config import DEFAULT_MAX_MESSAGE
 from jlabgw.errors import ConnectionLostError, JlabgwError, KernelDiedError
 from jlabgw.jupyter.endpoint import GatewayEndpoint
-from jlabgw.jupyter.pending import Message, OnMessage, PendingRequests
-from jlabgw.jupyter.replay import SILENT_EXECUTE, SeenMessages, settle_unheard
+from jlabgw.jupyter.messages import parse
+from jlabgw.jupyter.pending import Message, OnMessage, PendingRequest, PendingRequests
+from jlabgw.jupyter.replay import (
+    SILENT_EXECUTE,
+    SeenMessages,
+    on_refused,
+    refused_too_big,
+    settle_refused,
+    settle_unheard,
+)
 from jlabgw.jupyter.websocket import open_websocket, reopen_websocket
 
 __all__ = ["KernelConnection", "Message", "OnMessage"]
@@ -44,6 +57,14 @@ log = logging.getLogger(__name__)
 # After a restart: kernel_info until IOPub answers too, each attempt waiting this long.
 _SYNC_WAIT = 1.0
 _SYNC_ATTEMPTS = 30
+# an execute_request's content besides its code (no stdin: input() fails at once)
+_EXECUTE = {
+    "silent": False,
+    "store_history": True,
+    "user_expressions": {},
+    "allow_stdin": False,
+    "stop_on_error": True,
+}
 
 
 class KernelConnection:
@@ -56,11 +77,15 @@ class KernelConnection:
         session_id: str | None = None,
         *,
         lost: Callable[[], Awaitable[str | None]] | None = None,
+        max_message: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
         """``lost`` says why the gateway behind ``endpoint`` is gone for good (a dead process,
         an ended job), or None: asked before retrying a dropped WebSocket, so a dead job is
-        reported at once instead of after the whole reconnect schedule."""
+        reported at once instead of after the whole reconnect schedule. ``max_message``:
+        bytes in the largest message accepted from the kernel (JLABGW_MAX_MESSAGE)."""
         self.endpoint = endpoint
+        self.max_message = max_message
+        self.refused = 0  # messages refused for their size
         self._lost = lost
         self.kernel_id = kernel_id
         self.session_id = session_id or uuid.uuid4().hex
@@ -130,7 +155,7 @@ class KernelConnection:
         return self._seen.duplicates
 
     async def _open_ws(self) -> ClientConnection:
-        return await open_websocket(self.url, self.endpoint, self.kernel_id)
+        return await open_websocket(self.url, self.endpoint, self.kernel_id, self.max_message)
 
     async def _reopen(self) -> ClientConnection:
         ws = await reopen_websocket(
@@ -237,15 +262,19 @@ class KernelConnection:
         finally:
             self._pending.discard(msg_id)
 
-    async def _settle_unheard(self) -> None:
-        """After a reopen: settle the requests the old socket may have swallowed."""
-        await settle_unheard(
-            self._pending.unheard(),
-            self.execution_count,
-            lambda: self.request("execute_request", SILENT_EXECUTE),
-            self._resend,
-            self.kernel_id,
-        )
+    def _after_reopen(self, cut: dict[str, PendingRequest] | None) -> None:
+        """Settle the requests (and, ``cut`` by a refused message, replies) a socket lost."""
+        probe = functools.partial(self.request, "execute_request", SILENT_EXECUTE)
+        unheard = self._pending.unheard()
+        checks = [
+            settle_unheard(unheard, self.execution_count, probe, self._resend, self.kernel_id)
+        ]
+        if cut:
+            checks.append(settle_refused(cut, probe, self.kernel_id, self.max_message))
+        for coro in checks:
+            check = asyncio.create_task(coro)
+            self._checks.add(check)
+            check.add_done_callback(self._checks.discard)
 
     async def _resend(self, msg_id: str, wire: str) -> bool:
         """Send a request that never arrived again; False if there is no socket to send on."""
@@ -278,20 +307,8 @@ class KernelConnection:
         on_sent: Callable[[str], None] | None = None,
     ) -> Message:
         """Run ``code``; IOPub messages go to ``on_iopub``; returns the ``execute_reply``."""
-        return await self.request(
-            "execute_request",
-            {
-                "code": code,
-                "silent": False,
-                "store_history": True,
-                "user_expressions": {},
-                # input() fails at once with StdinNotImplementedError instead of hanging
-                "allow_stdin": False,
-                "stop_on_error": True,
-            },
-            on_iopub=on_iopub,
-            on_sent=on_sent,
-        )
+        content = {"code": code, **_EXECUTE}
+        return await self.request("execute_request", content, on_iopub=on_iopub, on_sent=on_sent)
 
     async def kernel_info(self) -> Message:
         """The kernel's ``kernel_info_reply`` (it answers once the kernel is ready)."""
@@ -308,16 +325,20 @@ class KernelConnection:
                 ws = self._ws
                 if ws is None:
                     break
+                cut = None
                 try:
                     async for raw in ws:
                         if isinstance(raw, bytes):
                             log.debug("ignoring binary frame (%d bytes) from kernel", len(raw))
                             continue
-                        msg = json.loads(raw)
-                        if self._seen.first_time(msg):
+                        msg = parse(raw)
+                        if msg is not None and self._seen.first_time(msg):
                             self._dispatch(msg)
-                except websockets.ConnectionClosed:
-                    pass
+                except websockets.ConnectionClosed as exc:
+                    if refused_too_big(exc):  # websockets closed it: 1009, message too big
+                        self.refused += 1
+                        cut = self._pending.waiting()
+                        on_refused(cut, self._seen, self.max_message)
                 if self._closed or not self._pending:
                     break  # idle: the next request reconnects
                 # A request is in flight: reopen with the same session id. The gateway buffered
@@ -325,9 +346,7 @@ class KernelConnection:
                 # with nothing lost and nothing sent twice.
                 try:
                     self._ws = await self._reopen()
-                    check = asyncio.create_task(self._settle_unheard())
-                    self._checks.add(check)
-                    check.add_done_callback(self._checks.discard)
+                    self._after_reopen(cut)
                 except JlabgwError as exc:
                     error = ConnectionLostError(
                         f"lost the WebSocket to kernel {self.kernel_id} during a request and "
@@ -342,15 +361,13 @@ class KernelConnection:
             self._ws = None
             self._pending.fail_all(error)
 
-    def _dispatch(self, msg: Message) -> None:
-        channel = msg.get("channel")
-        msg_type = msg.get("msg_type") or msg.get("header", {}).get("msg_type")
-        pending = self._pending.get((msg.get("parent_header") or {}).get("msg_id"))
-
+    def _dispatch(self, msg: Message) -> None:  # msg is checked: messages.parse
+        channel, msg_type = msg.get("channel"), msg["msg_type"]
+        pending = self._pending.get(msg["parent_header"].get("msg_id"))
         if pending is not None:
             pending.seen = True
         if channel == "iopub" and msg_type == "status":
-            state = msg.get("content", {}).get("execution_state")
+            state = msg["content"].get("execution_state")
             if pending is not None and state == "idle":
                 pending.on_idle()
             elif state in ("restarting", "dead") and pending is None:
@@ -369,9 +386,12 @@ class KernelConnection:
         if pending is None:
             return
         if channel == "iopub":
-            pending.on_output(msg)
+            try:
+                pending.on_output(msg)
+            except Exception:  # one output that cannot be recorded must not end the reader
+                log.exception("kernel %s: an output could not be recorded", self.kernel_id)
         elif channel == "shell" or channel == "control":
-            count = msg.get("content", {}).get("execution_count")
+            count = msg["content"].get("execution_count")
             if isinstance(count, int) and self.execution_count is not None:
                 self.execution_count = max(self.execution_count, count)
             pending.on_reply(msg)

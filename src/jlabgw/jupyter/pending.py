@@ -103,6 +103,10 @@ class PendingRequests:
     def discard(self, msg_id: str) -> None:
         self._by_id.pop(msg_id, None)
 
+    def waiting(self) -> dict[str, PendingRequest]:
+        """Unfinished requests."""
+        return {m: p for m, p in self._by_id.items() if not p.done.done()}
+
     def unheard(self) -> dict[str, PendingRequest]:
         """Unfinished requests nothing was heard of yet (no IOPub, no reply)."""
         return {m: p for m, p in self._by_id.items() if not p.seen and not p.done.done()}

@@ -6,19 +6,37 @@ The gateway (``node/gateway_ext.py``) replays what it wrote after the last messa
 of that may have reached us already. :class:`SeenMessages` drops those repeats by msg_id.
 :func:`settle_unheard` decides, for each request nothing was heard of, whether it is safe to
 send again.
+
+A message over the size limit is refused unread: websockets closes the connection (1009). The
+gateway would replay it to the next socket that names the last message seen, so
+:func:`on_refused` forgets that one (the next socket gets only what jupyter_server buffered
+after the close), and tells each waiting cell in a note; :func:`settle_refused` fails the
+requests whose reply went with the closed connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 
+import websockets
+from websockets.frames import CloseCode
+
 from jlabgw.errors import ConnectionLostError, JlabgwError
+from jlabgw.jupyter.messages import note
 from jlabgw.jupyter.pending import Message, PendingRequest
 
-__all__ = ["SILENT_EXECUTE", "SeenMessages", "settle_unheard"]
+__all__ = [
+    "SILENT_EXECUTE",
+    "SeenMessages",
+    "on_refused",
+    "refused_too_big",
+    "settle_refused",
+    "settle_unheard",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +65,7 @@ class SeenMessages:
         self._own_prefix = session_id + "_"
         self.last_msg_id: str | None = None  # what a reopened socket asks to resume after
         self.duplicates = 0
+        self.own_ids = (f"{session_id}_jlabgw-{n}" for n in itertools.count())  # our notes
 
     def first_time(self, msg: Message) -> bool:
         """Record ``msg``'s id; False for a replayed message received before.
@@ -126,3 +145,54 @@ async def settle_unheard(
                 f"the connection to kernel {kernel_id} broke as this was sent: {what}"
             )
         )
+
+
+def refused_too_big(exc: websockets.ConnectionClosed) -> bool:
+    """Whether we closed the connection because a message was over ``max_size``."""
+    return exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG
+
+
+def _limit(size: int) -> str:
+    return f"{size / 2**20:g} MiB" if size % 2**20 == 0 else f"{size} bytes"
+
+
+def on_refused(waiting: dict[str, PendingRequest], seen: SeenMessages, limit: int) -> None:
+    """A message over ``limit`` bytes was refused (its connection closed): the gateway must not
+    replay it, and each cell waiting says so in a note (whose it was cannot be told unread)."""
+    seen.last_msg_id = None
+    text = (
+        f"the kernel sent a message over {_limit(limit)} (JLABGW_MAX_MESSAGE); it was "
+        "refused unread and is not in the notebook"
+    )
+    log.warning("%s", text)
+    for msg_id, pending in waiting.items():
+        if pending.on_iopub is not None:
+            pending.on_output(note(msg_id, next(seen.own_ids), text))
+
+
+async def settle_refused(
+    cut: dict[str, PendingRequest],
+    probe: Callable[[], Awaitable[Message]],
+    kernel_id: str,
+    limit: int,
+) -> None:
+    """After a refused message closed the connection and it was reopened: the messages that
+    followed it on the old one are gone, a reply among them perhaps. ``probe`` (a silent
+    execute) is answered after every request the kernel got before it, so a request of ``cut``
+    still without its reply then has lost it: it fails saying so. A probe that times out
+    waits behind a cell still running, whose reply comes on the new socket."""
+    try:
+        async with asyncio.timeout(UNDELIVERED_PROBE):
+            await probe()
+    except (TimeoutError, JlabgwError) as exc:
+        log.info("kernel %s: cannot tell whether replies were lost: %s", kernel_id, exc)
+        return
+    for pending in cut.values():
+        if pending.reply is None and not pending.done.done():
+            pending.fail(
+                ConnectionLostError(
+                    f"the kernel sent a message over {_limit(limit)} (JLABGW_MAX_MESSAGE): it "
+                    "was refused unread, and the cell's reply went with the connection that "
+                    "closed. The cell ran; the kernel and its variables are fine"
+                )
+            )

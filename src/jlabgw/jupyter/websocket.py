@@ -33,13 +33,18 @@ OPEN_TIMEOUT = 30.0
 REOPEN_DELAYS = (0.0, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0)  # bounded: ~16 s plus connect timeouts
 
 
-async def open_websocket(url: str, endpoint: GatewayEndpoint, kernel_id: str) -> ClientConnection:
-    """One attempt to open ``url`` (a kernel's channels) with the endpoint's token."""
+async def open_websocket(
+    url: str, endpoint: GatewayEndpoint, kernel_id: str, max_size: int
+) -> ClientConnection:
+    """One attempt to open ``url`` (a kernel's channels) with the endpoint's token.
+
+    A message over ``max_size`` bytes is refused by websockets from its frame header, before
+    it is read: the connection closes with 1009 (see :mod:`jlabgw.jupyter.replay`)."""
     try:
         ws = await websockets.connect(
             url,
             additional_headers=endpoint.headers,
-            max_size=None,  # outputs of many MB are normal
+            max_size=max_size,  # outputs of many MB are normal; hundreds are an attack
             compression=None,  # loopback/tunnel: deflate costs more than it saves
             open_timeout=OPEN_TIMEOUT,
             ping_interval=20,
