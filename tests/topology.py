@@ -26,6 +26,8 @@ from tests.helpers import wait_until
 
 SCRIPT = Path(__file__).parent / "cluster" / "topology.sh"
 TEST_USER = os.environ.get("JLABGW_TEST_USER", "jlabgw-test")
+# another unprivileged user of the same nodes (a shared node's other tenant), never logged in
+OTHER_USER = os.environ.get("JLABGW_OTHER_USER", "jlabgw-other")
 JOB_VENV = Path(os.environ.get("JLABGW_TEST_JOB_VENV", "/opt/jlabgw-test/job-venv"))
 
 LOGIN = "login"
@@ -34,6 +36,7 @@ LOGIN_ADDR = "10.231.0.2"  # the login node as the laptop sees it
 LOGIN_INTERNAL = "10.231.1.1"  # the login node on the cluster network
 NODE_ADDR = {"c1": "10.231.1.11", "c2": "10.231.1.12"}
 LAPTOP_LINK = "jlgw-login"  # the laptop's end of the laptop <-> login veth pair
+NODE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8"}
 
 
 def node_link(node: str) -> str:
@@ -129,24 +132,32 @@ class Topology:
     def init_pid(self, node: str) -> int:
         return int((self.state / "nodes" / node / "init.pid").read_text().strip())
 
+    def in_node(self, node: str, argv: Sequence[str], as_user: bool | str = False) -> list[str]:
+        """The command line that runs ``argv`` inside ``node``'s network, mount and UTS
+        namespaces, as root, the test user (True) or the user named."""
+        command = ["nsenter", "-t", str(self.init_pid(node)), "-n", "-m", "-u", "--"]
+        if as_user:
+            command += ["runuser", "-u", TEST_USER if as_user is True else str(as_user), "--"]
+        return [*command, *argv]
+
     def run_in(
         self,
         node: str,
         argv: Sequence[str],
         *,
-        as_user: bool = False,
+        as_user: bool | str = False,
         timeout: float = 30,
         check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         """``argv`` inside ``node``'s network, mount and UTS namespaces (its hostname,
-        /etc/hosts, /etc/slurm), as root or as the test user (a clean environment: plain
-        sbatch/squeue read the node's /etc/slurm)."""
-        command = ["nsenter", "-t", str(self.init_pid(node)), "-n", "-m", "-u", "--"]
-        if as_user:
-            command += ["runuser", "-u", TEST_USER, "--"]
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8"}
+        /etc/hosts, /etc/slurm), as root, as the test user (True) or as the user named (a clean
+        environment: plain sbatch/squeue read the node's /etc/slurm)."""
         result = subprocess.run(
-            [*command, *argv], capture_output=True, text=True, timeout=timeout, env=env
+            self.in_node(node, argv, as_user),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=NODE_ENV,
         )
         if check and result.returncode != 0:
             raise AssertionError(

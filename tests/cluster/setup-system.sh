@@ -7,6 +7,7 @@
 set -euo pipefail
 
 TEST_USER="${JLABGW_TEST_USER:-jlabgw-test}"
+OTHER_USER="${JLABGW_OTHER_USER:-jlabgw-other}"
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup-system.sh must run as root" >&2
@@ -30,6 +31,14 @@ fi
 usermod -p '*' "$TEST_USER"
 install -d -m 700 -o "$TEST_USER" -g "$TEST_USER" "/home/$TEST_USER/.ssh"
 echo "test user $TEST_USER ready"
+
+# A second unprivileged account: another user of a shared compute node, who must see and reach
+# nothing of the test user's sessions (tests/integration/test_shared_node.py runs it inside a
+# node's namespaces). It never logs in: no key, no shell needed, its own group.
+if ! id "$OTHER_USER" >/dev/null 2>&1; then
+  useradd --create-home --home-dir "/home/$OTHER_USER" --shell /bin/bash "$OTHER_USER"
+fi
+echo "other user $OTHER_USER ready"
 
 # The Python that batch jobs of the test user run the gateway with, as a site's module or
 # conda env would provide it. Built from Debian's python3: the project's own venv may hang off
