@@ -14,10 +14,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.helpers import free_port, wait_until
+from tests.sshd import SSHDServer
 
 CLUSTER = Path(__file__).parent / "cluster"
 
@@ -134,3 +136,63 @@ class SlurmCluster:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
         self.procs = []
+
+
+# -- what the SLURM backend's test servers are given -----------------------------------------
+
+
+def slurm_backend_env(tmp_path: Path, sshd: SSHDServer) -> dict[str, str]:
+    """What every SLURM test server has: a home of its own, the test user's key and known
+    hosts for ``sshd`` (whose port is the compute node's), a short job with no idle exit."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {
+        "HOME": str(home),
+        "JLABGW_BACKEND": "slurm",
+        "JLABGW_COMPUTE_SSH_PORT": str(sshd.port),
+        "JLABGW_SSH_USER": sshd.user,
+        "JLABGW_SSH_KEY": str(sshd.client_key),
+        "JLABGW_KNOWN_HOSTS": str(sshd.known_hosts),
+        "JLABGW_SSH_CONFIG": str(tmp_path / "no-ssh-config"),
+        "JLABGW_SLURM_TIME": "00:10:00",
+        "JLABGW_JOB_IDLE_TIMEOUT": "0",
+        "JLABGW_WALLTIME_WARN": "0",  # a 10-minute job would be warned about in every result
+    }
+
+
+def slurm_env(
+    tmp_path: Path, slurm: SlurmCluster, sshd: SSHDServer, **extra: str
+) -> dict[str, str]:
+    """sbatch runs here (as root); the node is reached through ``sshd``."""
+    return {
+        **slurm_backend_env(tmp_path, sshd),
+        "SLURM_CONF": str(slurm.conf),
+        "JLABGW_PYTHON": sys.executable,
+        **extra,
+    }
+
+
+def squeue(slurm: SlurmCluster, job_id: str) -> str:
+    return subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"],
+        capture_output=True,
+        text=True,
+        env=slurm.env,
+        timeout=10,
+    ).stdout.strip()
+
+
+JOB_VENV = Path(os.environ.get("JLABGW_TEST_JOB_VENV", "/opt/jlabgw-test/job-venv"))
+
+
+def login_env(tmp_path: Path, login: SSHDServer, **extra: str) -> dict[str, str]:
+    """The MCP server on a "laptop": no SLURM here; everything goes through the login node,
+    whose sshd is the node's too here (one machine)."""
+    return {
+        **slurm_backend_env(tmp_path, login),
+        "JLABGW_SSH_HOST": login.host,
+        "JLABGW_SSH_PORT": str(login.port),
+        # how a site provides the gateway's Python: module load, conda, or a venv like this
+        "JLABGW_REMOTE_SETUP": f". {JOB_VENV}/bin/activate",
+        **extra,
+    }

@@ -9,7 +9,6 @@ import os
 import pwd
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,51 +18,10 @@ import pytest
 
 from tests.helpers import PYTHON, server_env, wait_until
 from tests.mcp_client import body, call, new_session, poll_to_the_end, serve, status, text_of
-from tests.slurm import SlurmCluster
+from tests.slurm import JOB_VENV, SlurmCluster, login_env, slurm_env, squeue
 from tests.sshd import SSHDServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
-
-
-def slurm_backend_env(tmp_path: Path, sshd: SSHDServer) -> dict[str, str]:
-    """What every SLURM test server has: a home of its own, the test user's key and known
-    hosts for ``sshd`` (whose port is the compute node's), a short job with no idle exit."""
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    return {
-        "HOME": str(home),
-        "JLABGW_BACKEND": "slurm",
-        "JLABGW_COMPUTE_SSH_PORT": str(sshd.port),
-        "JLABGW_SSH_USER": sshd.user,
-        "JLABGW_SSH_KEY": str(sshd.client_key),
-        "JLABGW_KNOWN_HOSTS": str(sshd.known_hosts),
-        "JLABGW_SSH_CONFIG": str(tmp_path / "no-ssh-config"),
-        "JLABGW_SLURM_TIME": "00:10:00",
-        "JLABGW_JOB_IDLE_TIMEOUT": "0",
-        "JLABGW_WALLTIME_WARN": "0",  # a 10-minute job would be warned about in every result
-    }
-
-
-def slurm_env(
-    tmp_path: Path, slurm: SlurmCluster, sshd: SSHDServer, **extra: str
-) -> dict[str, str]:
-    """sbatch runs here (as root); the node is reached through ``sshd``."""
-    return {
-        **slurm_backend_env(tmp_path, sshd),
-        "SLURM_CONF": str(slurm.conf),
-        "JLABGW_PYTHON": sys.executable,
-        **extra,
-    }
-
-
-def squeue(slurm: SlurmCluster, job_id: str) -> str:
-    return subprocess.run(
-        ["squeue", "-h", "-j", job_id, "-o", "%T"],
-        capture_output=True,
-        text=True,
-        env=slurm.env,
-        timeout=10,
-    ).stdout.strip()
 
 
 async def test_session_on_a_slurm_job(
@@ -307,22 +265,6 @@ async def test_pending_reason_reaches_the_client_as_progress(
                 assert not getattr(started, "is_error", True), text_of(started)
     finally:
         subprocess.run(["scancel", blocker], env=slurm.env, timeout=30, check=False)
-
-
-JOB_VENV = Path(os.environ.get("JLABGW_TEST_JOB_VENV", "/opt/jlabgw-test/job-venv"))
-
-
-def login_env(tmp_path: Path, login: SSHDServer, **extra: str) -> dict[str, str]:
-    """The MCP server on a "laptop": no SLURM here; everything goes through the login node,
-    whose sshd is the node's too here (one machine)."""
-    return {
-        **slurm_backend_env(tmp_path, login),
-        "JLABGW_SSH_HOST": login.host,
-        "JLABGW_SSH_PORT": str(login.port),
-        # how a site provides the gateway's Python: module load, conda, or a venv like this
-        "JLABGW_REMOTE_SETUP": f". {JOB_VENV}/bin/activate",
-        **extra,
-    }
 
 
 async def test_submission_over_ssh_as_the_cluster_user(

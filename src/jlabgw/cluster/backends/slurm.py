@@ -171,7 +171,7 @@ class SlurmBackend(Backend):
 
     def identity(self) -> str | None:
         job_id = self._job.job_id if self._job else None
-        return f"slurm:{job_id}" if self._endpoint is not None and job_id else None
+        return f"slurm:{job_id}" if job_id else None  # submitted or reused: ours
 
     async def notices(self) -> list[str]:
         warn = self._settings.walltime_warn * 60
