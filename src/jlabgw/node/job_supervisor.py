@@ -91,7 +91,7 @@ PORT_CLASH_MARKERS = ("no available port could be found", "Address already in us
 # prefix per kernel (a prefix shared by all kernels would race: libzmq unlinks an existing path
 # when it binds, so two kernels starting at once could take each other's sockets). The runtime
 # dir is the gateway's JUPYTER_RUNTIME_DIR, a 0700 dir of ours, node-local.
-SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the final NUL
+SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107  # sun_path: 104 / 108 with NUL
 KERNEL_SOCKET_NAME = "kernel-" + "0" * 36 + "-ipc-99"  # the longest name a kernel's socket gets
 
 
@@ -286,6 +286,8 @@ class Supervisor:
         self.kernel_transport: str = args.kernel_transport
         self.socket_dir: Path | None = None  # the kernels' (ipc); made by run()
         self.socket_dir_apart = False  # not in the work dir: removed on its own
+        # where there is no /proc (a macOS laptop's local backend) the owner cannot be checked
+        self.check_owner = Path("/proc/net/tcp").exists()
 
     def gateway_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -351,7 +353,7 @@ class Supervisor:
         """Why ``port`` is someone else's ("" while it is not): a listener there that is not
         our gateway process's socket."""
         pid = self.proc.pid if self.proc is not None else -1
-        others = strangers(port, pid) or {}
+        others = (strangers(port, pid) or {}) if self.check_owner else {}
         if not others:
             return ""
         who = ", ".join(f"uid {uid} (socket inode {inode})" for inode, uid in others.items())
@@ -363,6 +365,8 @@ class Supervisor:
 
     def owns(self, port: int) -> bool:
         """The only listener that 127.0.0.1:``port`` reaches is the gateway process's own."""
+        if not self.check_owner:
+            return True
         return self.proc is not None and strangers(port, self.proc.pid) == {}
 
     def stop_gateway(self) -> None:
@@ -388,6 +392,8 @@ class Supervisor:
             signal.signal(signum, self.on_signal)
         self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.connection_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.check_owner:
+            log("no /proc/net/tcp here: the gateway's port cannot be checked for its owner")
         if self.kernel_transport == "ipc":
             self.socket_dir, self.socket_dir_apart = kernel_socket_dir(private_dir(self.work_dir))
         else:
@@ -503,10 +509,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kernel-transport",
         choices=("ipc", "tcp"),
-        default=os.environ.get("JLABGW_KERNEL_TRANSPORT") or "ipc",
+        default=os.environ.get("JLABGW_KERNEL_TRANSPORT") or ("tcp" if os.name == "nt" else "ipc"),
         help="how kernels talk to the gateway (tcp: any user of the node can listen in)",
     )
-    return Supervisor(parser.parse_args(argv)).run()
+    args = parser.parse_args(argv)
+    if args.kernel_transport not in ("ipc", "tcp"):  # (a default is not checked by argparse)
+        parser.error(f"JLABGW_KERNEL_TRANSPORT={args.kernel_transport!r}: use ipc or tcp")
+    return Supervisor(args).run()
 
 
 if __name__ == "__main__":
