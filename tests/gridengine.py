@@ -45,7 +45,7 @@ TEST_USER = os.environ.get("JLABGW_TEST_USER", "jlabgw-test")
 ADMIN_USER = "sgeadmin"
 QUEUE = "jlabgw.q"
 PE = "smp"
-SLOTS = 4
+SLOTS = 8
 
 
 def unavailable_reason() -> str | None:
