@@ -40,6 +40,9 @@ class FilesOnly(Host):
     def write_bytes(self, path: str, data: bytes, mode: int = 0o600) -> None:
         self.files[path] = data
 
+    def uid(self) -> int:
+        return 1000  # the files' FileStat says no owner: only modes are checked
+
     def stat(self, path: str) -> FileStat | None:
         return FileStat(len(self.files[path]), 0o600, 0.0) if path in self.files else None
 

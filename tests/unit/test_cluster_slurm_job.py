@@ -82,6 +82,9 @@ class FakeLoginNode(Host):
     def write_bytes(self, path: str, data: bytes, mode: int = 0o600) -> None:
         self.files[path] = (data, mode)
 
+    def uid(self) -> int:
+        return 1000  # the files' FileStat says no owner: only modes are checked
+
     def stat(self, path: str) -> FileStat | None:
         if path not in self.files:
             return None

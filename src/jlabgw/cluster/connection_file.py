@@ -11,10 +11,12 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the local backend reads connection files too, and needs no paramiko
-    from jlabgw.cluster.host import Host
+from jlabgw.errors import BackendError
 
-__all__ = ["GatewayInfo", "JobFiles", "read_connection_file"]
+if TYPE_CHECKING:  # the local backend reads connection files too, and needs no paramiko
+    from jlabgw.cluster.host import FileStat, Host
+
+__all__ = ["GatewayInfo", "JobFiles", "check_private", "read_connection_file"]
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,38 @@ def read_connection_file(host: Host, path: str) -> GatewayInfo | None:
     """The gateway described at ``path`` on ``host``; None while there is no such file.
 
     ValueError for a file that is not a connection file (they are written atomically, so a
-    half-written one is never seen); the host's own errors (SSH, OS) pass through."""
+    half-written one is never seen); :class:`BackendError` for one that is not private to us
+    (another owner, or readable by others: planted, or its token exposed); the host's own
+    errors (SSH, OS) pass through."""
     try:
         data = host.read_bytes(path)
     except FileNotFoundError:
         return None
+    info = host.stat(path)
+    if info is None:  # replaced by the supervisor meanwhile: the next poll reads the new one
+        return None
+    check_private(host, path, info, "connection file", 0o600)
     return GatewayInfo.parse(data)
+
+
+def check_private(host: Host, path: str, info: FileStat, what: str, mode: int) -> None:
+    """Refuse ``path`` unless we own it and nobody else has any access to it.
+
+    A connection file or directory owned by another user was planted (it would send our token,
+    and every cell, to their listener); one others can read leaks the token."""
+    mine = host.uid()
+    if info.uid is not None and info.uid != mine:
+        raise BackendError(
+            f"the {what} {path} on {host.where} belongs to uid {info.uid}, not to you (uid "
+            f"{mine}): it was not made by your job, so jlabgw will not use it. Remove it, or "
+            "set JLABGW_CONNECTION_DIR to a directory only you own"
+        )
+    if info.mode & 0o077:
+        raise BackendError(
+            f"the {what} {path} on {host.where} has mode {info.mode:o}: other users can reach "
+            f"it, so jlabgw will not use it. Run `chmod {mode:o} {path}` there (and check who "
+            "could have read it)"
+        )
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 import secrets
 import stat as stat_module
 import subprocess
@@ -39,6 +40,7 @@ class FileStat:
     size: int
     mode: int  # permission bits only
     mtime: float
+    uid: int | None = None  # the owner (None: the host did not say)
 
 
 class Host(abc.ABC):
@@ -65,6 +67,10 @@ class Host(abc.ABC):
     @abc.abstractmethod
     def stat(self, path: str) -> FileStat | None:
         """The file's size, mode and mtime, or None if it does not exist."""
+
+    @abc.abstractmethod
+    def uid(self) -> int:
+        """The numeric user id this host's commands and files run as."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (nothing to do locally)."""
@@ -116,7 +122,10 @@ class LocalHost(Host):
             st = Path(path).expanduser().stat()
         except FileNotFoundError:
             return None
-        return FileStat(st.st_size, stat_module.S_IMODE(st.st_mode), st.st_mtime)
+        return FileStat(st.st_size, stat_module.S_IMODE(st.st_mode), st.st_mtime, st.st_uid)
+
+    def uid(self) -> int:
+        return os.getuid()
 
 
 class SSHHost(Host):
@@ -127,6 +136,7 @@ class SSHHost(Host):
         self.where = connection.spec.label
         self._sftp: paramiko.SFTPClient | None = None
         self._sftp_transport: paramiko.Transport | None = None
+        self._uid: int | None = None
         # One SFTP request at a time: paramiko's SFTPClient is not safe for concurrent
         # requests from several threads (one thread can read another's response, and the
         # other then waits forever); the backend checks files from several worker threads.
@@ -209,7 +219,18 @@ class SSHHost(Host):
             return None
         except (OSError, paramiko.SSHException) as exc:
             raise SSHError(f"cannot stat {path} on {self.where}: {exc}") from exc
-        return FileStat(st.st_size or 0, stat_module.S_IMODE(st.st_mode or 0), st.st_mtime or 0)
+        return FileStat(
+            st.st_size or 0, stat_module.S_IMODE(st.st_mode or 0), st.st_mtime or 0, st.st_uid
+        )
+
+    def uid(self) -> int:
+        if self._uid is None:
+            out = self.run(["id", "-u"]).stdout.strip()
+            try:
+                self._uid = int(out)
+            except ValueError as exc:
+                raise SSHError(f"`id -u` on {self.where} printed {out[:80]!r}") from exc
+        return self._uid
 
     def close(self) -> None:
         if self._sftp is not None:

@@ -13,7 +13,12 @@ import logging
 import time
 from pathlib import Path
 
-from jlabgw.cluster.connection_file import GatewayInfo, JobFiles, read_connection_file
+from jlabgw.cluster.connection_file import (
+    GatewayInfo,
+    JobFiles,
+    check_private,
+    read_connection_file,
+)
 from jlabgw.cluster.host import Host, expand_home, host_for
 from jlabgw.cluster.leases import JobLeases
 from jlabgw.cluster.slurm.batch import render_batch_script
@@ -61,6 +66,7 @@ class SlurmJob:
         try:
             conn_dir = expand_home(host, settings.connection_dir)
             host.run(["mkdir", "-p", "-m", "700", conn_dir])
+            private_connection_dir(host, conn_dir)
         except BaseException:
             host.close()
             raise
@@ -256,6 +262,25 @@ class SlurmJob:
 
     def close(self) -> None:
         self.host.close()
+
+
+def private_connection_dir(host: Host, conn_dir: str) -> None:
+    """The connection dir must be ours and closed to others (``mkdir -p -m 700`` leaves an
+    existing dir as it is). Ours but open: closed with a warning; another user's: refused."""
+    info = host.stat(conn_dir)
+    if info is None:
+        raise BackendError(f"the connection dir {conn_dir} on {host.where} vanished after mkdir")
+    if info.mode & 0o077 and (info.uid is None or info.uid == host.uid()):
+        log.warning(
+            "the connection dir %s on %s had mode %o (others could reach tokens there); "
+            "setting it to 700",
+            conn_dir,
+            host.where,
+            info.mode,
+        )
+        host.run(["chmod", "700", conn_dir])
+        info = host.stat(conn_dir) or info
+    check_private(host, conn_dir, info, "connection dir", 0o700)
 
 
 def state_file_for(settings: Settings) -> Path:
