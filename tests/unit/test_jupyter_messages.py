@@ -59,7 +59,8 @@ def test_what_is_not_a_message_is_dropped(raw: str) -> None:
         ("stream", {"name": "stdout", "text": 5}, "a stream needs"),
         ("stream", {"text": "x"}, "a stream needs"),
         ("display_data", {"data": {"image/png": 123}}, r"data\['image/png'\] is a int"),
-        ("display_data", {"data": "x"}, "data is not an object"),
+        ("display_data", {"data": "x"}, "data is missing or not an object"),
+        ("display_data", {"metadata": {}}, "data is missing"),
         ("display_data", {"data": {"text/plain": ["a", 1]}}, "is a list, not text"),
         ("display_data", {"data": {}, "metadata": []}, "metadata is not an object"),
         ("update_display_data", {"data": {}, "transient": {"display_id": 3}}, "display_id"),
@@ -92,8 +93,11 @@ def test_a_malformed_output_becomes_a_note_for_its_cell(
             "display_data",
             {"data": {"text/plain": "x", "image/png": "!!not base64"}, "metadata": {}},
         ),
-        ("display_data", {"data": {"application/x-unknown+json": {"a": [1, None]}}}),
-        ("display_data", {"data": {"application/vnd.whatever": ["a", "b"]}}),
+        (
+            "display_data",
+            {"data": {"application/x-unknown+json": {"a": [1, None]}}, "metadata": {}},
+        ),
+        ("display_data", {"data": {"application/vnd.whatever": ["a", "b"]}, "metadata": {}}),
         ("execute_result", {"data": {"text/plain": "1"}, "metadata": {}, "execution_count": 3}),
         ("error", {"ename": "E", "evalue": "v", "traceback": ["a", "b"]}),
     ],
@@ -129,3 +133,12 @@ def test_missing_optional_fields_are_filled_in() -> None:
         "content": {},
         "metadata": {},
     }
+
+
+def test_fields_an_output_does_not_have_are_dropped() -> None:
+    """A display_data with a long "text" once became a display_data output with a text field
+    (an invalid notebook): only the protocol's fields of each output reach the recorder."""
+    content = {"data": {"text/plain": "x"}, "metadata": {}, "text": "t" * 10_000, "name": 5}
+    msg = parse(json.dumps(message("display_data", content)))
+    assert msg is not None
+    assert msg["content"] == {"data": {"text/plain": "x"}, "metadata": {}}

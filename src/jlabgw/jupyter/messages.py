@@ -10,7 +10,8 @@ recorder:
   ``parent_header``/``content``/``metadata`` that is not an object: dropped, and logged;
 * an output (stream, display_data, execute_result, update_display_data, error) whose fields
   nbformat would reject: replaced by a stderr note in the cell naming what was wrong, so the
-  cell says what happened and the notebook stays valid;
+  cell says what happened and the notebook stays valid; fields the protocol does not give
+  that output are dropped, missing optional ones filled in;
 * an ``execution_count`` that is not a count: None;
 * lone surrogates (``"\\ud800"`` in the JSON), which no UTF-8 file can hold: replaced.
 
@@ -32,9 +33,16 @@ log = logging.getLogger(__name__)
 Message = dict[str, Any]
 
 CHANNELS = frozenset({"shell", "iopub", "control", "stdin"})
-OUTPUTS = frozenset(
-    {"stream", "display_data", "execute_result", "update_display_data", "error", "clear_output"}
-)
+# each output's content fields (the protocol's); others are dropped before the recorder
+FIELDS = {
+    "stream": ("name", "text"),
+    "display_data": ("data", "metadata", "transient"),
+    "update_display_data": ("data", "metadata", "transient"),
+    "execute_result": ("data", "metadata", "transient", "execution_count"),
+    "error": ("ename", "evalue", "traceback"),
+    "clear_output": ("wait",),
+}
+OUTPUTS = frozenset(FIELDS)
 MAX_DEPTH = 64  # of a JSON mime value (application/json); past it the output is refused
 _JSON_MIME = re.compile(r"^application/(.*\+)?json$")  # nbformat: any JSON value
 _SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -69,8 +77,11 @@ def parse(raw: str | bytes) -> Message | None:
             return None
     msg_type = msg["header"]["msg_type"]
     if msg.get("channel") == "iopub" and msg_type in OUTPUTS:
+        content = msg["content"] = {
+            k: msg["content"][k] for k in FIELDS[msg_type] if k in msg["content"]
+        }
         try:
-            _check_output(msg_type, msg["content"])
+            _check_output(msg_type, content)
         except _Malformed as exc:
             why = f"a malformed {msg_type} output from the kernel was dropped: {exc}"
             log.warning("%s", why)
@@ -138,7 +149,7 @@ def _check_output(msg_type: str, content: dict[str, Any]) -> None:
         if not isinstance(content.get("name"), str) or not isinstance(content.get("text"), str):
             raise _Malformed("a stream needs a name and a text, both strings")
     elif msg_type == "error":
-        traceback = content.get("traceback", [])
+        traceback = content.setdefault("traceback", [])
         if not (
             isinstance(content.get("ename"), str)
             and isinstance(content.get("evalue"), str)
@@ -153,12 +164,15 @@ def _check_output(msg_type: str, content: dict[str, Any]) -> None:
         _check_bundle(content)
         if msg_type == "execute_result" and not _is_count(content.get("execution_count")):
             raise _Malformed("execution_count is not a count")
+        if msg_type == "execute_result":
+            content.setdefault("execution_count", None)
 
 
 def _check_bundle(content: dict[str, Any]) -> None:
-    data = content.get("data", {})
+    data = content.get("data")
     if not isinstance(data, dict):
-        raise _Malformed("data is not an object")
+        raise _Malformed("data is missing or not an object")
+    content.setdefault("metadata", {})  # optional enough: nbformat wants one, empty will do
     for mime, value in data.items():
         if _JSON_MIME.match(mime):
             _check_depth(value, mime)

@@ -56,6 +56,11 @@ class PendingRequest:
         if not self.done.done():
             self.done.set_exception(error)
 
+    def abandon(self) -> None:
+        """Nobody waits for it any more."""
+        self._cancel_grace()
+        self.done.cancel()
+
     def _maybe_finish(self) -> None:
         if self.done.done() or self.reply is None:
             return
@@ -101,7 +106,11 @@ class PendingRequests:
         return self._by_id.get(msg_id) if msg_id else None
 
     def discard(self, msg_id: str) -> None:
-        self._by_id.pop(msg_id, None)
+        """Its caller is done with it: nothing can complete it any more (a settling check
+        that still holds it would fail a future nobody awaits)."""
+        pending = self._by_id.pop(msg_id, None)
+        if pending is not None:
+            pending.abandon()
 
     def waiting(self) -> dict[str, PendingRequest]:
         """Unfinished requests."""
