@@ -32,7 +32,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -315,3 +317,29 @@ class GridEngineCluster:
             if marker in environ.split(b"\0"):
                 found.append(int(entry.name))
         return found
+
+
+@contextlib.contextmanager
+def running_cluster() -> Iterator[GridEngineCluster]:
+    """A started cluster in a fresh directory under /tmp (not pytest's 0700 temp dirs: the
+    test user reads the cell's files); stopped and removed afterwards, whatever happened."""
+    root = Path(tempfile.mkdtemp(prefix="jlabgw-ge-"))
+    cluster = GridEngineCluster(root)
+    try:
+        cluster.setup()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def user_dir(cluster: GridEngineCluster, name: str) -> Path:
+    """A private directory of the test user's inside the cluster's directory (job scripts,
+    logs, connection files); removed with the cluster."""
+    path = cluster.root / "users" / name
+    path.parent.mkdir(mode=0o755, exist_ok=True)
+    path.mkdir(mode=0o700)
+    account = pwd.getpwnam(cluster.user)
+    os.chown(path, account.pw_uid, account.pw_gid)
+    return path
