@@ -112,6 +112,11 @@ def test_bad_options_refused(tmp_path: Path, options: GridEngineOptions, message
         ge_directives(make_settings(tmp_path), options)
 
 
+def test_job_name_must_not_start_with_a_digit(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="start with a digit"):
+        ge_directives(make_settings(tmp_path, job_name="1job"), GridEngineOptions())
+
+
 def test_directive_order_and_defaults(tmp_path: Path) -> None:
     assert ge_directives(make_settings(tmp_path), GridEngineOptions(pe="mpi*")) == [
         "#$ -N jlabgw",

@@ -76,6 +76,10 @@ def ge_directives(settings: Settings, options: GridEngineOptions) -> list[str]:
     """``#$`` lines in a fixed order; empty options are left out. The job's output (``-o``)
     is given to qsub at submission, as sbatch's ``--output`` is."""
     name = _checked("JLABGW_JOB_NAME", settings.job_name)
+    if name[0].isdigit():  # qsub: "is not a valid object name (cannot start with a digit)"
+        raise ConfigError(
+            f"JLABGW_JOB_NAME={name!r}: Grid Engine refuses job names that start with a digit"
+        )
     lines = [f"#$ -N {name}", "#$ -S /bin/bash", "#$ -j y"]
     if options.queue:
         lines.append(f"#$ -q {_checked('JLABGW_GE_QUEUE', options.queue)}")
