@@ -15,8 +15,9 @@ recorder:
 * an ``execution_count`` that is not a count: None;
 * lone surrogates (``"\\ud800"`` in the JSON), which no UTF-8 file can hold: replaced.
 
-The checks read only the small fields and walk JSON mime values (depth-bounded); a 10 MB text
-is looked at once, by the JSON parser.
+The checks read the small fields, walk JSON mime values (depth-bounded) and ask each string
+whether it is ASCII (O(1)); a 10 MB text is read once, by the JSON parser, unless it is not
+ASCII (then once more, encoded, to find lone surrogates).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ FIELDS = {
 OUTPUTS = frozenset(FIELDS)
 MAX_DEPTH = 64  # of a JSON mime value (application/json); past it the output is refused
 _JSON_MIME = re.compile(r"^application/(.*\+)?json$")  # nbformat: any JSON value
-_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class _Malformed(ValueError):
@@ -68,8 +68,7 @@ def parse(raw: str | bytes) -> Message | None:
     except _Malformed as exc:
         log.warning("dropped a malformed kernel message: %s", exc)
         return None
-    text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-    if ("\\ud" in text or "\\uD" in text) and _SURROGATE.search(text):  # rare: then walk
+    if _has_surrogates(msg):  # rare: then rebuild it
         try:
             msg = _clean(msg)
         except RecursionError:
@@ -197,6 +196,26 @@ def _check_depth(value: Any, what: str) -> None:
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
+
+
+def _has_surrogates(msg: Message) -> bool:
+    """Whether a string in ``msg`` holds a lone surrogate (the JSON had ``\\ud800``). An
+    ASCII string, the usual big one (text, base64), is told in O(1) by ``isascii``."""
+    stack: list[Any] = [msg]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _clean(value: Any) -> Any:
