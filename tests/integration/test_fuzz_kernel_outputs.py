@@ -314,7 +314,9 @@ class ScriptedGateway:
                 frames.append(("text", json.dumps(msg)))
             elif kind == 9:  # the msg_type and the header's disagree, or the channel is odd
                 msg["msg_type"] = "stream"
-                msg["channel"] = rng.choice(["iopub", "nowhere", 5])
+                msg["channel"] = rng.choice(["iopub", "nowhere", 5, ["iopub"], {}])
+                if rng.random() < 0.3:
+                    msg["header"] = rng.choice([None, "h", {"msg_id": [1]}, {}])
                 frames.append(("text", json.dumps(msg)))
             elif kind == 10:  # NaN in it, and a content that is not an object
                 frames.append(("text", json.dumps({**msg, "content": "t"})[:-1] + ', "x": NaN}'))

@@ -44,6 +44,8 @@ def nest(depth: int) -> Any:
         json.dumps({**message("stream", {}), "parent_header": "req-1"}),
         json.dumps({**message("stream", {}), "content": "text"}),
         json.dumps({**message("stream", {}), "channel": "elsewhere"}),
+        json.dumps({**message("stream", {}), "channel": ["iopub"]}),  # unhashable
+        json.dumps({**message("stream", {}), "header": {"msg_id": ["a"], "msg_type": "x"}}),
         json.dumps({**message("stream", {}), "msg_type": "status"}),  # not the header's
         json.dumps({**message("stream", {}), "parent_header": {"msg_id": 7}}),
         "[" * 100_000 + "]" * 100_000,

@@ -118,7 +118,7 @@ def _check_envelope(msg: Any) -> None:
         raise _Malformed(f"msg_type {msg.get('msg_type')!r} is not the header's {msg_type!r}")
     msg["msg_type"] = msg_type
     channel = msg.get("channel")
-    if channel is not None and channel not in CHANNELS:
+    if channel is not None and (not isinstance(channel, str) or channel not in CHANNELS):
         raise _Malformed(f"unknown channel {str(channel)[:40]!r}")
     for key in ("parent_header", "content", "metadata"):
         value = msg.setdefault(key, {})
