@@ -5,12 +5,14 @@ user (tests/cluster/setup-system.sh). The daemons are started directly, not by t
 init scripts (which lose track of their pid files and can start a second qmaster).
 
 Everything lives in one directory of its own, which is also the cluster's ``SGE_ROOT``:
-``bin``/``lib``/``utilbin``/``util`` link to the installed ones, the cell ``default/common``
+``bin``/``lib``/``utilbin``/``util`` link to the installed ones; the cell ``default/common``
 (bootstrap, act_qmaster, host_aliases, accounting) and the spool (Berkeley DB, qmaster, execd)
-are ours, and so is the queue's tmpdir. The ports are free ones of our own
-(``SGE_QMASTER_PORT``/``SGE_EXECD_PORT``), so the Debian cell under /var/lib/gridengine is never
-read nor written, and two test runs do not meet. What this needs from the system: the
-``sgeadmin`` user the packages create (the daemons run as it), and that is all. GE's daemons
+are ours, and so is the queue's tmpdir: the root itself, where GE makes (and removes) one
+directory per job, ``<root>/<job>.1.jlabgw.q``, short enough for the supervisor's kernel
+sockets (sun_path: 107 bytes; else it puts them under /tmp). The ports are free ones of our
+own (``SGE_QMASTER_PORT``/``SGE_EXECD_PORT``), so the Debian cell under /var/lib/gridengine is
+neither read nor written, and two test runs do not meet. What this needs from the system: the
+``sgeadmin`` user the packages create (the daemons run as it), nothing else. GE's daemons
 listen on every address (8.1.9 has no listen-address setting), on random high ports.
 
 Client commands need :attr:`GridEngineCluster.client_env` (SGE_ROOT, SGE_CELL and the ports);
@@ -18,7 +20,7 @@ the directory is world-readable so the non-root test user, logged in over SSH as
 node, reads the cell's files. Root cannot submit (``min_uid 1000``): submit as the test user.
 
 Settings that make it fast (tests/cluster/gridengine/): ``schedule_interval 0:0:1``,
-``flush_submit_sec``/``flush_finish_sec 1`` (qsub -> running in well under a second instead of
+``flush_submit_sec``/``flush_finish_sec 1`` (qsub -> running in 0.1-1.3 s instead of
 ~15 s), no load thresholds or load adjustments (a busy 2-core machine would otherwise put the
 queue in alarm state), ``schedd_job_info true`` (pending reasons in ``qstat -j``).
 """
@@ -118,8 +120,6 @@ class GridEngineCluster:
         self.execd_port = self.execd_port or free_port()
         for sub in ("default/common", "spool/qmaster", "spool/execd", "spool/spooldb", "conf"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        (self.root / "tmp").mkdir(exist_ok=True)
-        (self.root / "tmp").chmod(0o1777)  # the queue's tmpdir; GE makes one per job in it
         for name in ("bin", "lib", "utilbin", "util"):
             link = self.root / name
             if not link.is_symlink():
