@@ -4,6 +4,7 @@ the private directory of the kernels' Unix sockets (path length, owner, mode).""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import socket
@@ -147,3 +148,33 @@ def test_gateway_config_puts_kernels_on_ipc_unless_told_tcp() -> None:
     assert sup.gateway_config(1, "t", kernel_transport="tcp")["KernelManager"] == {
         "transport": "tcp"
     }
+
+
+def test_the_gateway_gets_the_socket_dir_as_its_runtime_dir(tmp_path: Path) -> None:
+    args = argparse.Namespace(
+        connection_file=str(tmp_path / "c.json"),
+        work_dir=str(tmp_path / "w"),
+        gateway_log=None,
+        connection_class=sup.NODELAY_CLASS,
+        kernel_idle=0,
+        job_idle=0,
+        gateway_restarts=0,
+        keep_umask=False,
+        kernel_transport="ipc",
+    )
+    supervisor = sup.Supervisor(args)
+    supervisor.socket_dir = tmp_path / "w" / "k"
+    env = supervisor.gateway_env()
+    assert env["JUPYTER_RUNTIME_DIR"] == str(tmp_path / "w" / "k")
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path / "w")
+
+
+def test_a_kernel_transport_other_than_ipc_or_tcp_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("JLABGW_KERNEL_TRANSPORT", "udp")
+    argv = [f"--connection-file={tmp_path / 'c.json'}", f"--work-dir={tmp_path / 'w'}"]
+    with pytest.raises(SystemExit):
+        sup.main(argv)
+    assert "JLABGW_KERNEL_TRANSPORT='udp': use ipc or tcp" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
