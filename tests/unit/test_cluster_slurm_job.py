@@ -1,4 +1,4 @@
-"""SlurmJob against a fake login node (the one faked boundary: the Host that runs sbatch,
+"""BatchJob on SLURM against a fake login node (the one faked boundary: the Host that runs sbatch,
 squeue and scancel and holds the files). The SLURM output parsers and the batch script are real.
 """
 
@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from jlabgw.cluster import job as job_module
 from jlabgw.cluster.connection_file import JobFiles
 from jlabgw.cluster.host import FileStat, Host
-from jlabgw.cluster.slurm import job as job_module
-from jlabgw.cluster.slurm.job import SlurmJob
+from jlabgw.cluster.job import BatchJob
+from jlabgw.cluster.slurm.scheduler import SlurmScheduler
 from jlabgw.cluster.ssh.connection import CommandResult
 from jlabgw.config import Settings
 from jlabgw.errors import BackendError
@@ -102,8 +103,10 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path, job_name="nbjob", queue_timeout="30")
 
 
-def make_job(host: FakeLoginNode, settings: Settings, tmp_path: Path) -> SlurmJob:
-    return SlurmJob(host, settings, JobFiles(CONN_DIR), tmp_path / "state" / "slurm-nbjob.json")
+def make_job(host: FakeLoginNode, settings: Settings, tmp_path: Path) -> BatchJob:
+    return BatchJob(
+        SlurmScheduler(host), settings, JobFiles(CONN_DIR), tmp_path / "state" / "slurm-nbjob.json"
+    )
 
 
 async def no_progress(done: float, total: float | None, message: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from jlabgw.cluster.connection_file import read_connection_file
 from jlabgw.cluster.host import LocalHost
-from jlabgw.cluster.slurm.job import private_connection_dir
+from jlabgw.cluster.job import private_connection_dir
 from jlabgw.errors import BackendError
 
 OTHER_UID = 4242  # nobody's files in a temp dir; chown needs root

@@ -1,5 +1,6 @@
 """One batch job that runs a gateway, seen from the login node: submit or reuse it, wait for it
 in the queue, wait for its connection file, and tell a replaced gateway from a dropped tunnel.
+Whatever the scheduler (:class:`~jlabgw.cluster.scheduler.Scheduler`: SLURM, Grid Engine).
 
 Every command and file goes through one :class:`~jlabgw.cluster.host.Host` (here, or the login
 node over SSH), which is what tests replace.
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from jlabgw.cluster.connection_file import (
@@ -21,20 +23,19 @@ from jlabgw.cluster.connection_file import (
 )
 from jlabgw.cluster.host import Host, expand_home, host_for
 from jlabgw.cluster.leases import JobLeases
-from jlabgw.cluster.slurm.batch import render_batch_script
-from jlabgw.cluster.slurm.client import JobStatus, SlurmClient, hopeless_reason
+from jlabgw.cluster.scheduler import JobStatus, Scheduler
 from jlabgw.config import Settings
 from jlabgw.errors import BackendError, JlabgwError
 from jlabgw.progress import Progress
 
-__all__ = ["SlurmJob"]
+__all__ = ["BatchJob", "private_connection_dir", "state_file_for"]
 
 log = logging.getLogger(__name__)
 
-# squeue while queued: soon after sbatch (an idle node starts the job in ~0.5 s), then less
-# and less often. The connection file is a stat over an open SFTP channel: cheap, so it is
-# polled every 0.1 s at first (the gateway is up ~1.5 s after the job starts); SLURM is asked
-# at most once a second meanwhile whether the job is still alive.
+# The queue while queued: soon after submission (an idle node starts the job in ~0.5 s), then
+# less and less often. The connection file is a stat over an open SFTP channel: cheap, so it
+# is polled every 0.1 s at first (the gateway is up ~1.5 s after the job starts); the
+# scheduler is asked at most once a second meanwhile whether the job is still alive.
 POLL_START = 0.1
 POLL_MAX = 2.0
 FILE_POLL_MAX = 1.0
@@ -43,16 +44,18 @@ REPLACE_WAIT = 60.0  # how long a dead gateway's restart in the job may take
 REPLACE_POLL = 0.5
 
 
-class SlurmJob:
+class BatchJob:
     """This server's batch job (at most one at a time) on ``host``, and the last status seen.
 
     ``job_id`` is None until :meth:`reuse_or_submit`, and again after :meth:`forget`. The job
     recorded in ``state_file`` (this machine) is reused while it runs under our job name, and
     shared with the other servers holding a lease on it there (:mod:`jlabgw.cluster.leases`)."""
 
-    def __init__(self, host: Host, settings: Settings, files: JobFiles, state_file: Path) -> None:
-        self.host = host
-        self.slurm = SlurmClient(host)
+    def __init__(
+        self, scheduler: Scheduler, settings: Settings, files: JobFiles, state_file: Path
+    ) -> None:
+        self.host = scheduler.host
+        self.scheduler = scheduler
         self.files = files
         self._settings = settings
         self.leases = JobLeases(state_file)
@@ -60,7 +63,9 @@ class SlurmJob:
         self.status: JobStatus | None = None
 
     @classmethod
-    def on_login_node(cls, settings: Settings) -> SlurmJob:
+    def on_login_node(
+        cls, settings: Settings, scheduler: Callable[[Host], Scheduler], backend: str
+    ) -> BatchJob:
         """Connect to the login node (or use this machine) and make the connection dir."""
         host = host_for(settings)
         try:
@@ -70,7 +75,7 @@ class SlurmJob:
         except BaseException:
             host.close()
             raise
-        return cls(host, settings, JobFiles(conn_dir), state_file_for(settings))
+        return cls(scheduler(host), settings, JobFiles(conn_dir), state_file_for(settings, backend))
 
     @property
     def where(self) -> str:
@@ -92,13 +97,14 @@ class SlurmJob:
         name = self._settings.job_name
 
         def usable(job_id: str) -> bool:
-            status = self.slurm.status(job_id)
+            status = self.scheduler.status(job_id)
             return status.active and status.name == name
 
         def submit() -> str:
             script = self.files.script(name)
-            self.host.write_bytes(script, render_batch_script(self._settings).encode(), mode=0o600)
-            return self.slurm.submit(script, extra_args=[f"--output={self.files.log('%j')}"])
+            rendered = self.scheduler.render(self._settings).encode()
+            self.host.write_bytes(script, rendered, mode=0o600)
+            return self.scheduler.submit(script, self.files.log(self.scheduler.log_placeholder))
 
         job_id, reused = self.leases.acquire(usable, submit, self.where)
         if reused:
@@ -137,13 +143,13 @@ class SlurmJob:
         """``scancel`` the job, ignoring failures (it may have ended already)."""
         if self.job_id is not None:
             with contextlib.suppress(JlabgwError):
-                self.slurm.cancel(self.job_id)
+                self.scheduler.cancel(self.job_id)
 
     # -- state ---------------------------------------------------------------------------------
 
     def refresh(self) -> JobStatus:
-        """Ask SLURM for the job's state now."""
-        self.status = self.slurm.status(self._job)
+        """Ask the scheduler for the job's state now."""
+        self.status = self.scheduler.status(self._job)
         return self.status
 
     async def wait_running(self, report: Progress) -> JobStatus:
@@ -161,7 +167,7 @@ class SlurmJob:
                     f"batch job {job_id} ended ({status.state}) before its gateway started; "
                     f"its log is {self._log_hint()}"
                 )
-            hopeless = hopeless_reason(status)
+            hopeless = self.scheduler.hopeless_reason(status)
             if hopeless or waited > self._settings.queue_timeout:
                 await asyncio.to_thread(self.cancel_quietly)
                 why = hopeless or (
@@ -169,9 +175,9 @@ class SlurmJob:
                     "(JLABGW_QUEUE_TIMEOUT)"
                 )
                 raise BackendError(
-                    f"batch job {job_id} cannot start: {why} (SLURM reason: "
+                    f"batch job {job_id} cannot start: {why} ({self.scheduler.label} reason: "
                     f"{status.reason or 'none given'}); it was cancelled. Adjust the "
-                    "JLABGW_SLURM_* settings or try again later"
+                    f"{self.scheduler.settings_hint} settings or try again later"
                 )
             await report(
                 waited,
@@ -283,6 +289,6 @@ def private_connection_dir(host: Host, conn_dir: str) -> None:
     check_private(host, conn_dir, info, "connection dir", 0o700)
 
 
-def state_file_for(settings: Settings) -> Path:
-    """Where this machine records the job of ``settings.job_name`` (to reuse it)."""
-    return settings.state_dir / f"slurm-{settings.job_name}.json"
+def state_file_for(settings: Settings, backend: str) -> Path:
+    """Where this machine records ``backend``'s job of ``settings.job_name`` (to reuse it)."""
+    return settings.state_dir / f"{backend}-{settings.job_name}.json"

@@ -1,8 +1,10 @@
-"""The ``slurm`` backend: Kernel Gateway in a batch job, reached through an SSH tunnel.
+"""The batch backends (``slurm``, ``gridengine``): Kernel Gateway in a batch job, reached
+through an SSH tunnel. Each backend is this class with its scheduler
+(:class:`~jlabgw.cluster.scheduler.Scheduler`); everything here is shared.
 
 1. On the login node (over SSH when ``JLABGW_SSH_HOST`` is set, else here): reuse this user's
    running job of this name recorded in the state file, or render the batch script, write it
-   to the connection dir and ``sbatch`` it.
+   to the connection dir and submit it (``sbatch``, ``qsub``).
 2. Wait for RUNNING, reporting the pending reason as progress; a reason the job cannot get
    past (PartitionConfig, InvalidAccount ...) cancels it at once with an explanation, and
    ``JLABGW_QUEUE_TIMEOUT`` gives up with the last reason.
@@ -10,14 +12,15 @@
 4. SSH to the compute node (through the login node when there is one) and forward a local
    port to the gateway on the node's 127.0.0.1.
 
-Steps 1-3 are :class:`~jlabgw.cluster.slurm.job.SlurmJob`, step 4
+Steps 1-3 are :class:`~jlabgw.cluster.job.BatchJob`, step 4
 :class:`~jlabgw.cluster.ssh.tunnel.NodeTunnel`; this module runs them in order, times them,
 and answers the :class:`Backend` questions. On close the job is cancelled unless
-``JLABGW_KEEP_JOB`` is set.
+``JLABGW_KEEP_JOB`` is set or another server of the user still holds it (leases).
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import threading
@@ -27,8 +30,10 @@ from typing import ClassVar
 from jlabgw.cluster.backends.base import Backend
 from jlabgw.cluster.backends.status import BackendStatus, GatewayStatus, JobInfo
 from jlabgw.cluster.connection_file import GatewayInfo
+from jlabgw.cluster.host import Host
+from jlabgw.cluster.job import BatchJob
 from jlabgw.cluster.leases import describe_holders
-from jlabgw.cluster.slurm.job import SlurmJob
+from jlabgw.cluster.scheduler import Scheduler
 from jlabgw.cluster.ssh.tunnel import NodeTunnel, node_connector
 from jlabgw.config import Settings
 from jlabgw.errors import JlabgwError
@@ -36,7 +41,7 @@ from jlabgw.jupyter.endpoint import GatewayEndpoint
 from jlabgw.log import register_secret
 from jlabgw.progress import Progress
 
-__all__ = ["SlurmBackend"]
+__all__ = ["BatchBackend"]
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +65,21 @@ class _Laps:
         return self.timings
 
 
-class SlurmBackend(Backend):
-    name: ClassVar[str] = "slurm"
+class BatchBackend(Backend):
+    """A gateway in a batch job of :meth:`scheduler`'s kind."""
+
     supports_resources: ClassVar[bool] = True
+
+    @staticmethod
+    @abc.abstractmethod
+    def scheduler(host: Host) -> Scheduler:
+        """The scheduler whose commands run on ``host``."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self._settings = settings
         self._lock = asyncio.Lock()
-        self._job: SlurmJob | None = None  # made on first use: the login node connection
+        self._job: BatchJob | None = None  # made on first use: the login node connection
         self._tunnel = NodeTunnel(node_connector(settings))
         self._gateway: GatewayInfo | None = None  # what the job published for our tunnel
         self._endpoint: GatewayEndpoint | None = None
@@ -112,9 +123,9 @@ class SlurmBackend(Backend):
         except BaseException as exc:  # re-raised by start(), in the caller's context
             self._early_error = exc
 
-    def _connect(self) -> SlurmJob:
+    def _connect(self) -> BatchJob:
         if self._job is None:
-            self._job = SlurmJob.on_login_node(self._settings)
+            self._job = BatchJob.on_login_node(self._settings, self.scheduler, self.name)
         return self._job
 
     async def _bring_up(self, report: Progress) -> GatewayEndpoint:
@@ -130,7 +141,7 @@ class SlurmBackend(Backend):
             job = self._job
         else:
             laps = _Laps()
-            await report(0, None, f"contacting SLURM on {self._where}")
+            await report(0, None, f"contacting the scheduler on {self._where}")
             job = await asyncio.to_thread(self._connect)
             laps.lap("connect")
             await asyncio.to_thread(job.reuse_or_submit)
@@ -164,14 +175,14 @@ class SlurmBackend(Backend):
         self._endpoint = None
 
     def registry_name(self) -> str | None:
-        return f"slurm-{self._settings.job_name}.json"
+        return f"{self.name}-{self._settings.job_name}.json"
 
     def keeps_kernels(self) -> bool:
         return self._settings.keep_job
 
     def identity(self) -> str | None:
         job_id = self._job.job_id if self._job else None
-        return f"slurm:{job_id}" if job_id else None  # submitted or reused: ours
+        return f"{self.name}:{job_id}" if job_id else None  # submitted or reused: ours
 
     async def notices(self) -> list[str]:
         warn = self._settings.walltime_warn * 60
@@ -241,7 +252,7 @@ class SlurmBackend(Backend):
         job.close()
 
     @staticmethod
-    def _sharers(job: SlurmJob | None) -> list[int]:
+    def _sharers(job: BatchJob | None) -> list[int]:
         """The pids of the other live servers of this user that hold our job."""
         if job is None or job.job_id is None:
             return []

@@ -6,9 +6,8 @@ The parsers are pure functions tested on real outputs. Every command goes throug
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from jlabgw.cluster.host import Host
+from jlabgw.cluster.scheduler import JobStatus, parse_duration
 from jlabgw.errors import BackendError, CommandError
 
 __all__ = [
@@ -20,20 +19,6 @@ __all__ = [
 ]
 
 SQUEUE_FORMAT = "%i|%T|%r|%N|%L|%j"
-_ACTIVE = {
-    "PENDING",
-    "CONFIGURING",
-    "RUNNING",
-    "COMPLETING",
-    "SUSPENDED",
-    "REQUEUED",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "RESIZING",
-    "SIGNALING",
-    "STAGE_OUT",
-    "STOPPED",
-}
 # Pending reasons after which the job will not start without someone changing it.
 _HOPELESS = {
     "PartitionConfig": "the request exceeds what the partition allows (CPUs, memory, GPUs, time)",
@@ -49,45 +34,9 @@ _HOPELESS = {
 }
 
 
-@dataclass(frozen=True)
-class JobStatus:
-    job_id: str
-    state: str  # SLURM state name; "GONE" when SLURM no longer knows the job
-    reason: str = ""
-    node: str = ""
-    time_left: str = ""
-    name: str = ""
-
-    @property
-    def seconds_left(self) -> int | None:
-        """``time_left`` in seconds; None when SLURM gives none (UNLIMITED, INVALID, empty)."""
-        return parse_slurm_duration(self.time_left)
-
-    @property
-    def active(self) -> bool:
-        return self.state in _ACTIVE
-
-    @property
-    def running(self) -> bool:
-        return self.state == "RUNNING"
-
-    @property
-    def pending(self) -> bool:
-        return self.state == "PENDING"
-
-
 def parse_slurm_duration(text: str) -> int | None:
     """SLURM's ``[D-]HH:MM:SS``, ``MM:SS`` or ``SS`` in seconds; None if it is not one."""
-    days, _, clock = text.strip().rpartition("-")
-    parts = clock.split(":")
-    if not clock or len(parts) > 3 or not all(p.isdigit() for p in parts):
-        return None
-    if days and not days.isdigit():
-        return None
-    seconds = 0
-    for part in parts:
-        seconds = seconds * 60 + int(part)
-    return seconds + int(days or 0) * 86400
+    return parse_duration(text)
 
 
 def parse_sbatch_parsable(stdout: str) -> str:

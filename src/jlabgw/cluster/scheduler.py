@@ -1,0 +1,117 @@
+"""What jlabgw needs of a batch scheduler, and the job status every scheduler reports in.
+
+Like Open OnDemand's job adapters and dask-jobqueue's ``Job`` classes, a scheduler is reduced
+to a few declarations over one command runner (a :class:`~jlabgw.cluster.host.Host`: this
+machine, or the login node over SSH): render the batch script (directives from settings, the
+shared supervisor embedded), submit it and read the job id, ask for the job's status in one
+vocabulary, cancel it, and name the pending reasons a job never gets past. Everything else (the
+connection file, leases, the tunnel, reattach, the walltime warning) is shared by
+:class:`~jlabgw.cluster.job.BatchJob` and :class:`~jlabgw.cluster.backends.batch.BatchBackend`.
+
+Adding a scheduler: one module with a :class:`Scheduler` subclass and its batch template, a
+backend class naming it (``cluster/backends``), its settings, and tests against a live one.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+from jlabgw.cluster.host import Host
+from jlabgw.config import Settings
+
+__all__ = ["ACTIVE_STATES", "JobStatus", "Scheduler", "parse_duration"]
+
+# The state vocabulary (SLURM's names; other schedulers map theirs onto it). "GONE": the
+# scheduler no longer knows the job.
+ACTIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "SUSPENDED",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "STOPPED",
+    }
+)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job_id: str
+    state: str  # in the vocabulary above; "GONE" when the scheduler no longer knows the job
+    reason: str = ""  # why it is pending (or held), in the scheduler's words
+    node: str = ""
+    time_left: str = ""  # [D-]HH:MM:SS, or "" when the scheduler gives none
+    name: str = ""
+
+    @property
+    def seconds_left(self) -> int | None:
+        """``time_left`` in seconds; None when there is none (no limit, unknown)."""
+        return parse_duration(self.time_left)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def running(self) -> bool:
+        return self.state == "RUNNING"
+
+    @property
+    def pending(self) -> bool:
+        return self.state == "PENDING"
+
+
+def parse_duration(text: str) -> int | None:
+    """``[D-]HH:MM:SS``, ``MM:SS`` or ``SS`` in seconds; None if it is not one."""
+    days, _, clock = text.strip().rpartition("-")
+    parts = clock.split(":")
+    if not clock or len(parts) > 3 or not all(p.isdigit() for p in parts):
+        return None
+    if days and not days.isdigit():
+        return None
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + int(part)
+    return seconds + int(days or 0) * 86400
+
+
+class Scheduler(abc.ABC):
+    """One batch scheduler's commands, run on ``host``."""
+
+    label: ClassVar[str]  # for messages: "SLURM", "Grid Engine"
+    settings_hint: ClassVar[str]  # the settings that shape a job: "JLABGW_SLURM_*"
+    # how the job id is written in the log path given to submit (sbatch: %j; qsub: $JOB_ID)
+    log_placeholder: ClassVar[str]
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    @abc.abstractmethod
+    def render(self, settings: Settings) -> str:
+        """The batch script for ``settings``: directives, site set-up, the supervisor."""
+
+    @abc.abstractmethod
+    def submit(self, script: str, log: str) -> str:
+        """Submit the script at ``script`` (a path on the host), its output to ``log`` (with
+        :attr:`log_placeholder` for the job id); the job id."""
+
+    @abc.abstractmethod
+    def status(self, job_id: str) -> JobStatus:
+        """The job's state now; ``GONE`` once the scheduler has forgotten it."""
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str) -> None:
+        """Cancel (or delete) the job; an error if the scheduler refuses."""
+
+    def hopeless_reason(self, status: JobStatus) -> str | None:
+        """An explanation if the job waits for something it will never get by itself."""
+        return None
