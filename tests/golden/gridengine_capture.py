@@ -4,7 +4,8 @@ Run as root, from the repository root, where tests/cluster/setup-gridengine.sh h
 ``python -m tests.golden.gridengine_capture``. It brings up the test cluster
 (tests/gridengine.py), submits jobs as the test user into every state the samples show, saves
 what qstat/qsub/qdel print, and takes the cluster down. The parsers' unit tests
-(tests/unit/test_gridengine_parsing.py) read these files.
+(tests/unit/test_gridengine_parsing.py) read these files; after a re-capture, set their
+STARTED to the jobs' new start time (``JAT_start_time`` in gridengine_qstat_jobs.xml).
 """
 
 from __future__ import annotations
