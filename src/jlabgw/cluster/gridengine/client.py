@@ -1,8 +1,8 @@
 """qsub / qstat / qdel of (Son of) Grid Engine through a :class:`~jlabgw.cluster.host.Host`.
 
 The same shape as :class:`~jlabgw.cluster.slurm.client.SlurmClient`, and the same
-:class:`~jlabgw.cluster.slurm.client.JobStatus`: Grid Engine's state letters are mapped onto
-the SLURM state names the rest of jlabgw reads (``PENDING``, ``RUNNING``, ``SUSPENDED`` ...),
+:class:`~jlabgw.cluster.scheduler.JobStatus`: Grid Engine's state letters are mapped onto
+the (SLURM) state names the rest of jlabgw reads (``PENDING``, ``RUNNING``, ``SUSPENDED`` ...),
 the letters themselves lead the ``reason`` (``"Eqw: can't stat() ..."``), and a job qstat no
 longer lists is ``GONE`` (ended: qacct lags ~15 s behind and is often not readable by users).
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from jlabgw.cluster.host import Host
-from jlabgw.cluster.slurm.client import JobStatus
+from jlabgw.cluster.scheduler import JobStatus
 from jlabgw.errors import BackendError, CommandError
 
 __all__ = [
