@@ -394,15 +394,17 @@ class Supervisor:
         self.connection_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self.check_owner:
             log("no /proc/net/tcp here: the gateway's port cannot be checked for its owner")
-        if self.kernel_transport == "ipc":
-            self.socket_dir, self.socket_dir_apart = kernel_socket_dir(private_dir(self.work_dir))
-        else:
-            log(
-                "kernels listen on TCP (--kernel-transport tcp): other users of this node can "
-                "subscribe to their output"
-            )
         restarts, previous_exit = 0, ""
         try:
+            if self.kernel_transport == "ipc":  # (a refusal here still cleans up, below)
+                self.socket_dir, self.socket_dir_apart = kernel_socket_dir(
+                    private_dir(self.work_dir)
+                )
+            else:
+                log(
+                    "kernels listen on TCP (--kernel-transport tcp): other users of this node "
+                    "can subscribe to their output"
+                )
             while True:
                 port, token = self.start_gateway()
                 assert self.proc is not None
