@@ -17,6 +17,7 @@ Every wait is bounded; every address is loopback or the topology's own.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -209,17 +210,24 @@ def running_supervisor(*options: str) -> Iterator[tuple[dict[str, Any], Path]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_an_idle_kernel_on_unix_sockets_is_culled_and_its_sockets_go() -> None:
+def test_idle_kernels_on_unix_sockets_are_culled_and_their_sockets_go() -> None:
     with running_supervisor("--kernel-idle=2") as (info, work):
         socket_dir = work / "k"
         assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
-        kernel = rest(info, "/api/kernels", "POST", b'{"name": "python3"}')
-        sockets = f"kernel-{kernel['id']}-ipc-"
+        # three at once: each kernel has its own socket paths (a shared prefix would race)
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            started = list(
+                pool.map(
+                    lambda _: rest(info, "/api/kernels", "POST", b'{"name": "python3"}'), range(3)
+                )
+            )
+        ids = {kernel["id"] for kernel in started}
+        assert len(ids) == 3
 
         def bound() -> list[Path]:
-            return [p for p in socket_dir.iterdir() if p.name.startswith(sockets)]
+            return [p for p in socket_dir.iterdir() if p.name.split("-ipc-")[0][7:] in ids]
 
-        assert wait_until(lambda: len(bound()) == 5, timeout=30), list(socket_dir.iterdir())
+        assert wait_until(lambda: len(bound()) == 15, timeout=60), list(socket_dir.iterdir())
         assert all(stat.S_ISSOCK(p.lstat().st_mode) for p in bound())
         # culled: idle for 2 s, checked every 10 s (the gateway's floor for cull_interval)
         assert wait_until(lambda: rest(info, "/api/kernels") == [], timeout=40, interval=0.5)
