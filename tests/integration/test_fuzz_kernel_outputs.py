@@ -54,13 +54,17 @@ LIMIT = 1 << 20  # the scripted peer's connection refuses messages over this
 
 
 @contextmanager
-def reproducible(where: str) -> Iterator[None]:
-    """Any failure names the seed that replays it."""
+def reproducible(where: str, log: Path | None = None) -> Iterator[None]:
+    """Any failure names the seed that replays it (and shows the end of the server's log)."""
     print(f"{where}: JLABGW_FUZZ_SEED={SEED}")
     try:
         yield
     except BaseException as exc:
-        raise AssertionError(f"{where} failed; JLABGW_FUZZ_SEED={SEED} replays it") from exc
+        tail = ""
+        if log is not None and log.exists():
+            lines = log.read_text(errors="replace").splitlines()[-40:]
+            tail = "\nthe server's log ends with:\n" + "\n".join(line[:300] for line in lines)
+        raise AssertionError(f"{where} failed; JLABGW_FUZZ_SEED={SEED} replays it{tail}") from exc
 
 
 # -- what a hostile kernel sends ------------------------------------------------------------
@@ -197,7 +201,8 @@ def on_disk_valid(path: str) -> int:
 
 async def test_hostile_outputs_from_a_real_kernel_over_mcp_stdio(tmp_path: Path) -> None:
     rng = random.Random(SEED)
-    with reproducible("real kernel"), (tmp_path / "server.log").open("w") as errlog:
+    log = tmp_path / "server.log"
+    with reproducible("real kernel", log), log.open("w") as errlog:
         async with serve_mcp(tmp_path, errlog, JLABGW_SPARE_KERNEL="false") as client:
             started = await call(client, "start_new_session", experiment_name="fuzz outputs")
             sid = started.structured_content["session_id"]
