@@ -190,6 +190,9 @@ async def test_a_message_over_the_limit_is_refused_and_the_cell_goes_on() -> Non
     assert "(JLABGW_MAX_MESSAGE); it was refused unread" in text
     assert text.endswith("after\n")
     assert "x" * 100 not in text
+    # the note names no message: a server taking the cell over must not resume after it
+    notes = [m for m in outputs if "[jlabgw:" in m["content"].get("text", "")]
+    assert [m["header"]["msg_id"] for m in notes] == [""]
     assert script.close_codes[0] == 1009  # "message too big", from the client
     # the reopened socket does not ask for a replay, which would bring the message again
     assert len(script.paths) == 2

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -65,7 +64,6 @@ class SeenMessages:
         self._own_prefix = session_id + "_"
         self.last_msg_id: str | None = None  # what a reopened socket asks to resume after
         self.duplicates = 0
-        self.own_ids = (f"{session_id}_jlabgw-{n}" for n in itertools.count())  # our notes
 
     def first_time(self, msg: Message) -> bool:
         """Record ``msg``'s id; False for a replayed message received before.
@@ -166,8 +164,8 @@ def on_refused(waiting: dict[str, PendingRequest], seen: SeenMessages, limit: in
     )
     log.warning("%s", text)
     for msg_id, pending in waiting.items():
-        if pending.on_iopub is not None:
-            pending.on_output(note(msg_id, next(seen.own_ids), text))
+        if pending.on_iopub is not None:  # no msg_id: not a point the gateway can resume after
+            pending.on_output(note(msg_id, "", text))
 
 
 async def settle_refused(
