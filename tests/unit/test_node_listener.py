@@ -109,6 +109,7 @@ def test_a_work_dir_too_deep_for_socket_paths_gets_a_short_private_dir(tmp_path:
     try:
         assert apart
         assert not path.is_relative_to(work)
+        assert (work / "k").readlink() == path  # where it is, for a clean-up after a SIGKILL
         assert stat.S_IMODE(path.lstat().st_mode) == 0o700
         assert path.lstat().st_uid == os.getuid()
         longest = path / sup.KERNEL_SOCKET_NAME
@@ -178,3 +179,23 @@ def test_a_kernel_transport_other_than_ipc_or_tcp_is_refused(
         sup.main(argv)
     assert "JLABGW_KERNEL_TRANSPORT='udp': use ipc or tcp" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_the_local_backend_removes_a_socket_dir_left_outside_a_killed_supervisors_work_dir(
+    tmp_path: Path,
+) -> None:
+    from jlabgw.cluster.backends.local import _remove_socket_dir
+
+    work = tmp_path / ("d" * 60) / "w"
+    work.mkdir(mode=0o700, parents=True)
+    path, apart = sup.kernel_socket_dir(work)
+    assert apart
+    (path / "kernel-x-ipc-1").touch()
+    _remove_socket_dir(work)
+    assert not path.exists()
+    other = tmp_path / "not-ours"  # a link to anything else is left alone
+    other.mkdir()
+    (work / "k").unlink()
+    (work / "k").symlink_to(other)
+    _remove_socket_dir(work)
+    assert other.exists()

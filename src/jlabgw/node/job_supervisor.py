@@ -178,6 +178,7 @@ def kernel_socket_dir(work_dir: Path) -> tuple[Path, bool]:
         if room >= len(KERNEL_SOCKET_NAME) and os.path.isdir(base):
             path = Path(tempfile.mkdtemp(prefix="jlabgw-k-", dir=base))  # 0700
             log(f"{candidate} is too long for Unix socket paths; kernel sockets go to {path}")
+            candidate.symlink_to(path)  # where it is, for a clean-up after a SIGKILL
             return private_dir(path), True
     raise SystemExit(
         f"jlabgw-job: kernel socket paths in {candidate} would be longer than the "

@@ -51,6 +51,16 @@ def supervisor_script() -> Path:
     return Path(str(resources.files("jlabgw.node").joinpath("job_supervisor.py")))
 
 
+def _remove_socket_dir(work_dir: Path) -> None:
+    """The kernels' Unix socket dir, if the supervisor had to make it outside its work dir
+    (too long a path there; the link ``k`` says where) and was killed before removing it."""
+    link = work_dir / "k"
+    with contextlib.suppress(OSError):
+        target = Path(os.readlink(link))
+        if target.name.startswith("jlabgw-k-") and target.is_absolute():
+            shutil.rmtree(target, ignore_errors=True)
+
+
 class LocalBackend(Backend):
     """Starts one gateway on first use and stops it (and its kernels) on close."""
 
@@ -216,6 +226,7 @@ class LocalBackend(Backend):
                 proc.wait(timeout=5)
         work_dir, self._work_dir = self._work_dir, None
         if work_dir is not None:  # the supervisor removes it; not if it was killed
+            _remove_socket_dir(work_dir)
             shutil.rmtree(work_dir, ignore_errors=True)
 
     # -- status ------------------------------------------------------------------------------
