@@ -14,6 +14,8 @@ import pytest
 
 from jlabgw.cluster.backends import LocalBackend
 from jlabgw.config import Settings
+from tests.gridengine import GridEngineCluster, running_cluster
+from tests.gridengine import unavailable_reason as ge_unavailable_reason
 from tests.helpers import make_settings
 from tests.slurm import SlurmCluster
 from tests.slurm import unavailable_reason as slurm_unavailable_reason
@@ -80,6 +82,35 @@ def login_node(
     if reason:
         pytest.skip(reason)
     server = SSHDServer(tmp_path_factory.mktemp("login"), set_env={"SLURM_CONF": str(slurm.conf)})
+    server.setup()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gridengine() -> Iterator[GridEngineCluster]:
+    """A real one-host Grid Engine (see tests/gridengine.py)."""
+    reason = ge_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with running_cluster() as cluster:
+        yield cluster
+    print(
+        f"Grid Engine up in {cluster.timings['up']:.2f} s, down in {cluster.timings['down']:.2f} s"
+    )
+
+
+@pytest.fixture(scope="session")
+def ge_login(
+    tmp_path_factory: pytest.TempPathFactory, gridengine: GridEngineCluster
+) -> Iterator[SSHDServer]:
+    """The Grid Engine cluster's login node: its sessions have SGE_ROOT, SGE_CELL and the
+    cluster's ports (sshd's SetEnv, as a site's profile would)."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    server = SSHDServer(tmp_path_factory.mktemp("ge-login"), set_env=gridengine.client_env)
     server.setup()
     server.start()
     yield server

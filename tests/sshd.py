@@ -103,7 +103,8 @@ class SSHDServer:
                 user=self.user,
             )
         )
-        config += "".join(f"SetEnv {k}={v}\n" for k, v in self.set_env.items())
+        if self.set_env:  # sshd honours only the first SetEnv line: all of them on one
+            config += "SetEnv " + " ".join(f'"{k}={v}"' for k, v in self.set_env.items()) + "\n"
         (self.root / "sshd_config").write_text(config)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
 

@@ -58,9 +58,10 @@ class Settings(BaseModel):
     profile: str = Field(
         "", description="Which [profiles.NAME] table of the config file applies (empty: none)."
     )
-    backend: Literal["local", "slurm"] = Field(
+    backend: Literal["local", "slurm", "gridengine"] = Field(
         "local",
-        description="Where the gateway runs: 'local' (a subprocess here) or 'slurm' (a batch job).",
+        description="Where the gateway runs: 'local' (a subprocess here), 'slurm' or "
+        "'gridengine' (a batch job).",
     )
     notebook_dir: Path = Field(
         Path("notebooks"), description="Directory holding the notebooks; paths are confined to it."
@@ -138,6 +139,18 @@ class Settings(BaseModel):
     slurm_constraint: str = Field("", description="--constraint (empty: none).")
     slurm_extra: str = Field(
         "", description="Extra '#SBATCH ...' lines, one per line, added after the others."
+    )
+    # -- Grid Engine batch job (qsub options) ---------------------------------------------------
+    ge_queue: str = Field("", description="-q queue, e.g. all.q (empty: the cluster default).")
+    ge_h_rt: str = Field("08:00:00", description="-l h_rt= walltime, e.g. 08:00:00.")
+    ge_pe: str = Field("", description="-pe parallel environment for JLABGW_GE_SLOTS (smp ...).")
+    ge_slots: int = Field(1, ge=1, description="Slots in JLABGW_GE_PE (more than 1 needs a PE).")
+    ge_resources: str = Field(
+        "", description="-l resources, comma-separated, e.g. h_vmem=4G,gpu=1 (empty: none)."
+    )
+    ge_project: str = Field("", description="-P project (empty: your default).")
+    ge_extra: str = Field(
+        "", description="Extra '#$ -option ...' lines, one per line, added after the others."
     )
     batch_template: Path | None = Field(
         None, description="Your own sbatch template (same placeholders as the built-in one)."

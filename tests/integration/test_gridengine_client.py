@@ -20,45 +20,13 @@ from jlabgw.cluster.gridengine.client import GridEngineClient, hopeless_reason
 from jlabgw.cluster.host import Host, LocalHost, host_for
 from jlabgw.config import Settings
 from jlabgw.errors import CommandError
-from tests.gridengine import GridEngineCluster, running_cluster, unavailable_reason, user_dir
+from tests.gridengine import GridEngineCluster, user_dir
 from tests.helpers import listening_addresses, make_settings, pids_matching, wait_until
 from tests.sshd import SSHDServer
-from tests.sshd import unavailable_reason as sshd_unavailable_reason
 
 pytestmark = pytest.mark.integration
 
 JOB_PYTHON = "/opt/jlabgw-test/job-venv/bin/python"
-
-
-@pytest.fixture(scope="module")
-def gridengine() -> Iterator[GridEngineCluster]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with running_cluster() as cluster:
-        yield cluster
-    print(
-        f"Grid Engine up in {cluster.timings['up']:.2f} s, down in {cluster.timings['down']:.2f} s"
-    )
-
-
-@pytest.fixture(scope="module")
-def ge_login(
-    tmp_path_factory: pytest.TempPathFactory, gridengine: GridEngineCluster
-) -> Iterator[SSHDServer]:
-    reason = sshd_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    # sshd takes only its first SetEnv line, and SSHDServer writes one per variable: so all of
-    # them go into one line ("SetEnv SGE_ROOT=... SGE_CELL=... ...").
-    first, *rest = (f"{k}={v}" for k, v in gridengine.client_env.items())
-    name, _, value = first.partition("=")
-    one_line = {name: " ".join([value, *rest])}
-    server = SSHDServer(tmp_path_factory.mktemp("ge-login"), set_env=one_line)
-    server.setup()
-    server.start()
-    yield server
-    server.stop()
 
 
 def login_settings(tmp_path: Path, login: SSHDServer, **extra: str) -> Settings:

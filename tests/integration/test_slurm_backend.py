@@ -564,7 +564,7 @@ def test_doctor_on_a_working_cluster_setup(tmp_path: Path, login_node: SSHDServe
     done = doctor(tmp_path, login_env(tmp_path, login_node))
     assert done.returncode == 0, done.stdout + done.stderr
     found = marks(done.stdout)
-    for name in ("config", "batch script", "ssh login", "slurm commands", "connection dir"):
+    for name in ("config", "batch script", "ssh login", "scheduler", "connection dir"):
         assert found[name] == "✓", done.stdout
     assert found["remote python"] == "✓", done.stdout
     assert f"{JOB_VENV}/bin/python" in done.stdout
@@ -583,14 +583,14 @@ def test_doctor_explains_a_broken_cluster_setup(tmp_path: Path, login_node: SSHD
     assert found["ssh login"] == "✗"
     assert "ssh-keyscan" in done.stdout
     assert "SHA256:" in done.stdout
-    for dependent in ("slurm commands", "connection dir", "remote python"):
+    for dependent in ("scheduler", "connection dir", "remote python"):
         assert found[dependent] == "–"
     # a set-up that gives a Python without Kernel Gateway (the system one, here)
     plain = login_env(tmp_path, login_node, JLABGW_REMOTE_SETUP="export PATH=/usr/bin:/bin")
     done = doctor(tmp_path, plain)
     assert done.returncode == 1
     found = marks(done.stdout)
-    assert (found["ssh login"], found["slurm commands"]) == ("✓", "✓"), done.stdout
+    assert (found["ssh login"], found["scheduler"]) == ("✓", "✓"), done.stdout
     assert found["remote python"] == "✗"
     assert "lacks kernel_gateway, ipykernel" in done.stdout
     assert "fix: set JLABGW_REMOTE_SETUP" in done.stdout

@@ -1,5 +1,6 @@
-"""``jlabgw doctor`` for the SLURM backend: the batch script renders and parses; SSH to the
-login node works (host key, authentication, agent); sbatch and squeue answer there; the
+"""``jlabgw doctor`` for the batch backends (SLURM, Grid Engine): the batch script renders and
+parses; SSH to the login node works (host key, authentication, agent); the scheduler's
+commands answer there (:meth:`~jlabgw.cluster.scheduler.Scheduler.probe`); the
 connection dir is writable with safe modes; the remote set-up gives a Python with Kernel
 Gateway, ipykernel and the kernel spec; and, while a job of the user runs, SSH to its compute
 node works the way the tunnel makes it (through the login node: host key, authentication)."""
@@ -26,7 +27,7 @@ def _ssh_login(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
 
     if not settings.ssh_host:
         context["host"] = LocalHost()
-        return "ok", "JLABGW_SSH_HOST is empty: SLURM commands run on this machine"
+        return "ok", "JLABGW_SSH_HOST is empty: the scheduler's commands run on this machine"
     connection = SSHConnection(settings.ssh_host, settings)
     try:
         connection.transport  # noqa: B018 - connect now: this is the check
@@ -62,28 +63,22 @@ def _ssh_agent(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
     return "ok", f"ssh-agent at {sock} holds {len(keys)} key(s)"
 
 
-def _slurm_commands(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
-    host = context["host"]
-    versions = []
-    for command in ("sbatch", "squeue", "scancel"):
-        result = host.run([command, "--version"], check=False, timeout=60)
-        if result.returncode != 0:
-            raise Failed(
-                f"`{command} --version` failed on {host.where} (exit {result.returncode}): "
-                f"{(result.stderr or result.stdout).strip()[:300]}",
-                "SLURM's commands must be on the PATH of a non-interactive shell there: "
-                "load their module from ~/.bashrc (before its 'not interactive' return), or "
-                "ask the site where they are",
-            )
-        versions.append(result.stdout.strip())
-    queue = host.run(["sh", "-c", 'squeue -h -u "$(id -un)" -o %i'], check=False, timeout=60)
-    if queue.returncode != 0:
-        raise Failed(
-            f"squeue cannot reach the controller from {host.where}: {queue.stderr.strip()[:300]}",
-            "check that slurmctld is up and SLURM_CONF (if the site uses one) is set there",
-        )
-    jobs = len(queue.stdout.split())
-    return "ok", f"{versions[0]} on {host.where}; squeue answers ({jobs} job(s) of yours)"
+def _scheduler(settings: Settings, host: Any) -> Any:
+    from jlabgw.cluster.backends import scheduler_for
+
+    scheduler = scheduler_for(settings, host)
+    assert scheduler is not None, "cluster checks run for batch backends only"
+    return scheduler
+
+
+def _scheduler_commands(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
+    from jlabgw.cluster.scheduler import ProbeFailed
+
+    scheduler = _scheduler(settings, context["host"])
+    try:
+        return "ok", scheduler.probe()
+    except ProbeFailed as exc:
+        raise Failed(exc.problem, exc.fix) from exc
 
 
 def _connection_dir(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
@@ -179,9 +174,10 @@ def _remote_python(settings: Settings, context: dict[str, Any]) -> tuple[Mark, s
 
 
 def _batch_script(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
-    from jlabgw.cluster.slurm.batch import render_batch_script, sbatch_directives
+    from jlabgw.cluster.host import LocalHost
 
-    script = render_batch_script(settings)
+    scheduler = _scheduler(settings, LocalHost())  # rendering runs no command
+    script = scheduler.render(settings)
     bash = shutil.which("bash")
     if bash is not None:
         parsed = subprocess.run(
@@ -193,7 +189,7 @@ def _batch_script(settings: Settings, context: dict[str, Any]) -> tuple[Mark, st
                 "check JLABGW_REMOTE_SETUP and JLABGW_BATCH_TEMPLATE for unbalanced quotes "
                 "or if/fi",
             )
-    directives = " ".join(line.removeprefix("#SBATCH ") for line in sbatch_directives(settings))
+    directives = " ".join(scheduler.directives(settings))
     source = settings.batch_template or "the built-in template"
     return "ok", f"{source} renders ({len(script.splitlines())} lines): {directives}"
 
@@ -202,24 +198,24 @@ _MAX_NODES = 3  # compute nodes the check connects to: one per running job, this
 
 
 def _compute_node(settings: Settings, context: dict[str, Any]) -> tuple[Mark, str]:
-    from jlabgw.cluster.slurm.client import SlurmClient
     from jlabgw.cluster.ssh.tunnel import node_connector
     from jlabgw.errors import HostKeyError, SSHError
 
     host = context["host"]
     path = f"through {settings.ssh_host}" if settings.ssh_host else "from here"
-    jobs = SlurmClient(host).running()
+    scheduler = _scheduler(settings, host)
+    jobs = scheduler.running()
     name = settings.job_name
     ours = [j for j in jobs if j.name == name or j.name.startswith(f"{name}-")]
     nodes: dict[str, str] = {}  # node -> the job running there
     for job in ours + [j for j in jobs if j not in ours]:
-        node = _first_node(host, job.node)
+        node = scheduler.first_node(job.node)
         if node and node not in nodes and len(nodes) < _MAX_NODES:
             nodes[node] = job.job_id
     if not nodes:
         return "skip", (
             "skipped: no running job of yours, so no compute node to connect to; run doctor "
-            "again while one runs (a jlabgw session's, or `sbatch --wrap 'sleep 300'`) to "
+            "again while one runs (a jlabgw session's, or a `sleep 300` job) to "
             f"check its node's host key and login {path}"
         )
     connect = node_connector(settings)
@@ -251,21 +247,12 @@ def _compute_node(settings: Settings, context: dict[str, Any]) -> tuple[Mark, st
     )
 
 
-def _first_node(host: Any, nodelist: str) -> str:
-    """The first node of squeue's node list (``c1``, ``c[1-4]``, ``a1,b2``); "" if none."""
-    if "[" not in nodelist:
-        return nodelist.split(",", 1)[0].strip()
-    result = host.run(["scontrol", "show", "hostnames", nodelist], check=False, timeout=60)
-    lines = result.stdout.split() if result.returncode == 0 else []
-    return lines[0] if lines else ""
-
-
 CLUSTER_STEPS: Steps = [
     ("batch script", _batch_script, ()),
     ("ssh login", _ssh_login, ()),
     ("ssh agent", _ssh_agent, ()),
-    ("slurm commands", _slurm_commands, ("ssh login",)),
+    ("scheduler", _scheduler_commands, ("ssh login",)),
     ("connection dir", _connection_dir, ("ssh login",)),
     ("remote python", _remote_python, ("ssh login",)),
-    ("compute node", _compute_node, ("ssh login", "slurm commands")),
+    ("compute node", _compute_node, ("ssh login", "scheduler")),
 ]

@@ -37,7 +37,9 @@ def _common_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--profile", metavar="NAME", help="[profiles.NAME] of the config file (JLABGW_PROFILE)"
     )
-    group.add_argument("--backend", choices=["local", "slurm"], help="where the gateway runs")
+    group.add_argument(
+        "--backend", choices=["local", "slurm", "gridengine"], help="where the gateway runs"
+    )
     group.add_argument("--notebook-dir", metavar="DIR", help="notebook directory")
     group.add_argument("--state-dir", metavar="DIR", help="private state directory")
     group.add_argument("--kernel-name", metavar="NAME", help="kernel spec for new sessions")

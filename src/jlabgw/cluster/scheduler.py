@@ -20,8 +20,19 @@ from typing import ClassVar
 
 from jlabgw.cluster.host import Host
 from jlabgw.config import Settings
+from jlabgw.errors import BackendError
 
-__all__ = ["ACTIVE_STATES", "JobStatus", "Scheduler", "parse_duration"]
+__all__ = ["ACTIVE_STATES", "JobStatus", "ProbeFailed", "Scheduler", "parse_duration"]
+
+
+class ProbeFailed(BackendError):
+    """The scheduler's commands do not answer (``doctor``): what failed, and the fix."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.fix = fix
+
 
 # The state vocabulary (SLURM's names; other schedulers map theirs onto it). "GONE": the
 # scheduler no longer knows the job.
@@ -115,3 +126,22 @@ class Scheduler(abc.ABC):
     def hopeless_reason(self, status: JobStatus) -> str | None:
         """An explanation if the job waits for something it will never get by itself."""
         return None
+
+    # -- for doctor --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def probe(self) -> str:
+        """Whether the commands answer on the host and reach the scheduler: their version and
+        how many jobs of ours it lists. Raises :class:`ProbeFailed` with the fix."""
+
+    @abc.abstractmethod
+    def directives(self, settings: Settings) -> list[str]:
+        """The script's scheduler directives for ``settings`` (without their prefix)."""
+
+    @abc.abstractmethod
+    def running(self) -> list[JobStatus]:
+        """Every running job of ours (any name)."""
+
+    def first_node(self, nodes: str) -> str:
+        """The first host of a job's node list ("" if none)."""
+        return nodes.split(",", 1)[0].strip()

@@ -15,25 +15,39 @@ from jlabgw.jupyter.endpoint import GatewayEndpoint
 from jlabgw.progress import Progress
 
 if TYPE_CHECKING:
+    from jlabgw.cluster.backends.gridengine import GridEngineBackend
     from jlabgw.cluster.backends.local import LocalBackend
     from jlabgw.cluster.backends.slurm import SlurmBackend
+    from jlabgw.cluster.host import Host
+    from jlabgw.cluster.scheduler import Scheduler
 
 __all__ = [
     "Backend",
     "GatewayEndpoint",
+    "GridEngineBackend",
     "LocalBackend",
     "Progress",
     "SlurmBackend",
     "create_backend",
+    "scheduler_for",
 ]
 
-_LAZY = {"LocalBackend": ".local", "SlurmBackend": ".slurm"}
+_LAZY = {"LocalBackend": ".local", "SlurmBackend": ".slurm", "GridEngineBackend": ".gridengine"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def scheduler_for(settings: Settings, host: Host) -> Scheduler | None:
+    """The scheduler of ``settings.backend`` on ``host`` (None for the local backend)."""
+    if settings.backend == "local":
+        return None
+    backend = create_backend(settings)
+    scheduler = getattr(backend, "scheduler", None)
+    return scheduler(host) if scheduler is not None else None
 
 
 def create_backend(settings: Settings) -> Backend:
@@ -46,4 +60,8 @@ def create_backend(settings: Settings) -> Backend:
         from jlabgw.cluster.backends.slurm import SlurmBackend
 
         return SlurmBackend(settings)
+    if settings.backend == "gridengine":
+        from jlabgw.cluster.backends.gridengine import GridEngineBackend
+
+        return GridEngineBackend(settings)
     raise AssertionError(f"unhandled backend {settings.backend!r}")  # config rejects others

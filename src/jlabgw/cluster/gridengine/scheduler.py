@@ -1,0 +1,92 @@
+"""(Son of) Grid Engine as a :class:`~jlabgw.cluster.scheduler.Scheduler`: qsub/qstat/qdel
+(:mod:`.client`) and the ``#$`` script (:mod:`.batch`) from the ``ge_*`` settings."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from jlabgw.cluster.gridengine.batch import GridEngineOptions, ge_directives, render_batch_script
+from jlabgw.cluster.gridengine.client import GridEngineClient, hopeless_reason
+from jlabgw.cluster.host import Host
+from jlabgw.cluster.scheduler import JobStatus, ProbeFailed, Scheduler
+from jlabgw.config import Settings
+
+__all__ = ["GridEngineScheduler", "options_from"]
+
+
+def options_from(settings: Settings) -> GridEngineOptions:
+    """The job's Grid Engine request, from the JLABGW_GE_* settings."""
+    slots = str(settings.ge_slots) if settings.ge_pe or settings.ge_slots != 1 else ""
+    return GridEngineOptions(
+        queue=settings.ge_queue,
+        h_rt=settings.ge_h_rt,
+        pe=settings.ge_pe,
+        slots=slots,
+        resources=settings.ge_resources,
+        project=settings.ge_project,
+        extra=settings.ge_extra,
+    )
+
+
+class GridEngineScheduler(Scheduler):
+    label: ClassVar[str] = "Grid Engine"
+    settings_hint: ClassVar[str] = "JLABGW_GE_*"
+    log_placeholder: ClassVar[str] = "$JOB_ID"  # qsub -o expands it (argv: no shell involved)
+
+    def __init__(self, host: Host) -> None:
+        super().__init__(host)
+        self.client = GridEngineClient(host)
+
+    def render(self, settings: Settings) -> str:
+        template = None
+        if settings.batch_template is not None:
+            template = settings.batch_template.read_text()
+        return render_batch_script(settings, options_from(settings), template)
+
+    def submit(self, script: str, log: str) -> str:
+        # -w e: a request no queue of the cluster can ever satisfy is refused at submission
+        # ("no suitable queues"), as SLURM's PartitionConfig reason is caught while pending
+        return self.client.submit(script, extra_args=["-w", "e", "-o", log])
+
+    def status(self, job_id: str) -> JobStatus:
+        return self.client.status(job_id)
+
+    def cancel(self, job_id: str) -> None:
+        self.client.cancel(job_id)
+
+    def hopeless_reason(self, status: JobStatus) -> str | None:
+        return hopeless_reason(status)
+
+    def probe(self) -> str:
+        host = self.host
+        version = ""
+        for command in ("qsub", "qstat", "qdel"):
+            # Grid Engine's commands have no --version: -help prints it first ("SGE 8.1.9")
+            result = host.run([command, "-help"], check=False, timeout=60)
+            first = (result.stdout or result.stderr).strip().splitlines()
+            if result.returncode != 0 or not first:
+                raise ProbeFailed(
+                    f"`{command} -help` failed on {host.where} (exit {result.returncode}): "
+                    f"{(result.stderr or result.stdout).strip()[:300]}",
+                    "Grid Engine's commands must be on the PATH of a non-interactive shell "
+                    "there, with SGE_ROOT and SGE_CELL set (source the cell's settings.sh from "
+                    "~/.bashrc, before its 'not interactive' return), or ask the site",
+                )
+            version = version or first[0].strip()
+        queue = host.run(["sh", "-c", 'qstat -u "$(id -un)"'], check=False, timeout=60)
+        if queue.returncode != 0:
+            raise ProbeFailed(
+                f"qstat cannot reach the qmaster from {host.where}: "
+                f"{(queue.stderr or queue.stdout).strip()[:300]}",
+                "check that sge_qmaster is up and SGE_ROOT/SGE_CELL point at its cell there",
+            )
+        jobs = max(len(queue.stdout.strip().splitlines()) - 2, 0)  # two header lines
+        return f"{version} on {host.where}; qstat answers ({jobs} job(s) of yours)"
+
+    def directives(self, settings: Settings) -> list[str]:
+        return [
+            line.removeprefix("#$ ") for line in ge_directives(settings, options_from(settings))
+        ]
+
+    def running(self) -> list[JobStatus]:
+        return self.client.running()
