@@ -34,6 +34,9 @@ TOOLS = {
     "list_sessions",
     "interrupt_kernel",
     "restart_kernel",
+    "run_cell",
+    "delete_cell",
+    "move_cell",
 }
 
 

@@ -8,7 +8,10 @@ INSTRUCTIONS = """\
 jlabgw runs Python (or another Jupyter kernel) in persistent sessions and records every
 executed cell, with its outputs, in a .ipynb notebook. Start with start_new_session, then call
 execute_code repeatedly: variables persist between calls in the same session. Use add_markdown to
-document steps, edit_cell to fix and re-run a cell. To continue earlier work, use
+document steps, edit_cell to fix and re-run a cell, run_cell to re-run one unchanged. Cell
+indexes count from 0 in the notebook as it is on disk now (a person may edit it meanwhile);
+negative ones count from the end. execute_code and add_markdown append by default, or put the
+new cell at cell_index; delete_cell and move_cell tidy the notebook. To continue earlier work, use
 start_session_resume_notebook (re-runs the notebook to rebuild its state) or
 start_session_continue_notebook (copies it, fresh kernel, nothing re-run). Do not shut sessions
 down unless the user asks: their state is valuable.

@@ -27,8 +27,17 @@ from jlabgw.cluster.backends import Backend, create_backend
 from jlabgw.config import Settings
 from jlabgw.errors import JlabgwError
 from jlabgw.mcp.instructions import INSTRUCTIONS
+from jlabgw.mcp.notebook_tools import NOTEBOOK_TOOLS
+from jlabgw.mcp.params import (
+    CellIndex,
+    ExperimentName,
+    KernelName,
+    NotebookPath,
+    SessionId,
+    _progress,
+    _sessions,
+)
 from jlabgw.mcp.results import execution_result, limits_for, text_result
-from jlabgw.progress import Progress
 from jlabgw.sessions.manager import SessionManager
 from jlabgw.sessions.state import ServerStateFile
 
@@ -40,35 +49,6 @@ _SHUTDOWN_TIMEOUT = 30.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-SessionId = Annotated[str, Field(description="Session id returned by start_new_session.")]
-ExperimentName = Annotated[
-    str,
-    Field(description="Short name for the experiment; it becomes the notebook's file name."),
-]
-KernelName = Annotated[
-    str | None,
-    Field(
-        description="Kernel spec to start (python3, ir, julia-1.10 ...; list_kernelspecs shows "
-        "what the gateway has). Default: the configured one; for a notebook, the one it names."
-    ),
-]
-NotebookPath = Annotated[
-    str,
-    Field(description="Notebook path, relative to the notebook directory (or absolute inside it)."),
-]
-
-
-def _sessions(ctx: Context) -> SessionManager:
-    manager: SessionManager = ctx.lifespan_context["sessions"]
-    return manager
-
-
-def _progress(ctx: Context) -> Progress:
-    async def report(done: float, total: float | None, message: str) -> None:
-        await ctx.report_progress(done, total, message)
-
-    return report
 
 
 def _user_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -166,8 +146,10 @@ async def execute_code(
             description="If the session is busy, run after the running cell instead of refusing."
         ),
     ] = False,
+    cell_index: CellIndex = -1,
 ) -> ToolResult:
-    """Append a code cell to the session's notebook, run it, and return its outputs.
+    """Add a code cell to the session's notebook (appended, or at cell_index), run it, and
+    return its outputs.
 
     Returns text (stdout/stderr, results) and images. If the code raises, the result is an
     error carrying the exception name, message and traceback; the cell stays in the notebook.
@@ -182,6 +164,7 @@ async def execute_code(
         wait=manager.settings.exec_wait,
         cell_timeout=timeout,
         queue=queue,
+        cell_index=cell_index,
     )
     return execution_result(result, limits_for(manager.settings))
 
@@ -241,9 +224,11 @@ async def add_markdown(
     session_id: SessionId,
     markdown: Annotated[str, Field(description="Markdown text for the new cell.")],
     ctx: Context,
+    cell_index: CellIndex = -1,
 ) -> dict[str, Any]:
-    """Append a markdown cell (notes, headings, explanations) to the session's notebook."""
-    return await _sessions(ctx).add_markdown(session_id, markdown)
+    """Add a markdown cell (notes, headings, explanations) to the session's notebook:
+    appended, or at cell_index. Returns its cell_index."""
+    return await _sessions(ctx).add_markdown(session_id, markdown, cell_index)
 
 
 async def shutdown_session(session_id: SessionId, ctx: Context) -> str:
@@ -293,6 +278,7 @@ TOOLS = (
     list_kernelspecs,
     interrupt_kernel,
     restart_kernel,
+    *NOTEBOOK_TOOLS,
 )
 
 

@@ -142,11 +142,51 @@ class NotebookDoc:
 
     def append_cell(self, cell: NotebookNode) -> int:
         """Append ``cell``; its index in the notebook as it is on disk now (see :meth:`sync`)."""
+        return self.insert_cell(cell)
+
+    def insert_cell(self, cell: NotebookNode, before: NotebookNode | None = None) -> int:
+        """Put ``cell`` before the cell ``before`` (None: at the end); its index in the notebook
+        as it is on disk now. ``before`` is a cell, not an index, so that a person's edit
+        merged meanwhile cannot make it land elsewhere (:class:`CellIndexError` if they
+        deleted ``before``)."""
         with self._lock:
             self._disk.sync_locked()
+            at = len(self.nb.cells) if before is None else self.index_of(before)
             with self.editing(cell) as nb:  # the others' cached JSON stays right
-                nb.cells.append(cell)
-                return len(nb.cells) - 1
+                nb.cells.insert(at, cell)
+                return at
+
+    def insert_point(self, index: int) -> NotebookNode | None:
+        """The cell a new cell goes before so that it lands at ``index`` (negative counts from
+        the end of the notebook with the new cell: -1 appends), None to append; a helpful
+        error when out of range. After a person's saved edits are merged (:meth:`sync`)."""
+        with self._lock:
+            self.sync()
+            count = len(self.nb.cells)
+            if not -(count + 1) <= index <= count:
+                raise CellIndexError(
+                    f"cell index {index} is out of range for a new cell: the notebook has "
+                    f"{count} cells (valid: 0..{count}, or -1..-{count + 1} from the end; "
+                    "-1 appends)"
+                )
+            at = index if index >= 0 else count + 1 + index
+            return self.nb.cells[at] if at < count else None
+
+    def remove_cell(self, cell: NotebookNode) -> int:
+        """Delete ``cell`` from the notebook; the index it had."""
+        with self._lock:
+            at = self.index_of(cell)
+            with self.editing(cell) as nb:
+                del nb.cells[at]
+            return at
+
+    def move_cell(self, cell: NotebookNode, to: int) -> int:
+        """Move ``cell`` so that it ends at index ``to`` (0 <= to < len(cells)); where it was."""
+        with self._lock:
+            at = self.index_of(cell)
+            with self.editing(cell) as nb:
+                nb.cells.insert(to, nb.cells.pop(at))
+            return at
 
     def cell_index(self, index: int) -> int:
         """Normalise a possibly negative index; raise a helpful error when out of range.

@@ -3,10 +3,11 @@
 Three versions of each cell: the *base* (its JSON as this process last wrote it, or read it
 at the last merge), *theirs* (the file now, as a person's editor saved it) and *ours* (the
 session's model). The person's version is the base of the result: their cells, sources,
-deletions and order. On top go the session's changes since the base: its new cells are
-appended, and a cell it changed (ran, edited) keeps the fields it changed (outputs,
-execution count, source …). A cell still recording a run (``held``) always keeps the
-session's outputs.
+deletions and order. On top go the session's changes since the base: its new cells go
+where it put them (after the cell they follow), a cell it deleted stays deleted unless the
+person changed it, its order wins if it moved cells, and a cell it changed (ran, edited)
+keeps the fields it changed (outputs, execution count, source …). A cell still recording a
+run (``held``) always keeps the session's outputs.
 
 Refused (:class:`MergeConflict`), rather than losing someone's work: the person deleted a cell
 the session changed or is still recording into; both changed the same field of a cell (its
@@ -76,16 +77,18 @@ def merge_into(
                 "it (its new outputs or source would be lost)"
             )
 
-    merged: list[NotebookNode] = []
+    merged: dict[str, NotebookNode] = {}
     updates: list[tuple[NotebookNode, dict[str, Any]]] = []
     differ: set[int] = set()
     for index, mine in enumerate(theirs.cells):
         cid = str(mine["id"])
         cell = ours_by_id.get(cid)
-        if cell is None:  # the person's new cell (or one they brought back)
-            merged.append(mine)
+        if cell is None and cid in base and current(mine) == base[cid]:
+            continue  # the session deleted it, and the person did not change it
+        if cell is None:  # the person's new cell (or one they brought back, or changed)
+            merged[cid] = mine
             continue
-        merged.append(cell)
+        merged[cid] = cell
         if id(cell) not in held and not changed(cell):
             if dict(cell) != dict(mine):
                 updates.append((cell, dict(mine)))
@@ -99,8 +102,11 @@ def merge_into(
     for cell in nb.cells:
         cid = str(cell.get("id"))
         if cid not in theirs_by_id and cid not in base:
-            merged.append(cell)  # the session's new cells go at the end
+            merged[cid] = cell  # the session's new cell
             differ.add(id(cell))
+    ours_ids = [str(c.get("id")) for c in nb.cells if str(c.get("id")) in merged]
+    theirs_ids = [cid for cid in theirs_by_id if cid in merged]
+    order = _order(ours_ids, theirs_ids, list(base))
 
     top: dict[str, Any] = {}
     for key in {*nb, *theirs} - {"cells"}:
@@ -114,13 +120,37 @@ def merge_into(
     for cell, new in updates:  # nothing above raised: apply
         cell.clear()
         cell.update(from_dict(new))
-    nb.cells[:] = merged
+    nb.cells[:] = [merged[cid] for cid in order]
     for key, value in top.items():
         if value is _MISSING:
             nb.pop(key, None)
         else:
             nb[key] = from_dict(value)
     return differ
+
+
+def _order(ours: list[str], theirs: list[str], base: list[str]) -> list[str]:
+    """The merged notebook's cell order, by id. The person's order, unless the session moved
+    cells since the base (then the session's); the other side's new cells go after the cell
+    they follow on their side (at the end if they end that side's notebook)."""
+    shared = set(ours) & set(theirs)
+    if [c for c in ours if c in shared] != [c for c in base if c in shared]:
+        primary, other = ours, theirs  # the session moved cells (move_cell)
+    else:
+        primary, other = theirs, ours
+    placed = list(primary)
+    known = set(placed)
+    new = [c for c in other if c not in known]
+    fresh = set(new)
+    for cid in new:
+        at = other.index(cid)
+        if all(c in fresh for c in other[at + 1 :]):
+            placed.append(cid)  # at the end on its side: at the end here too
+        else:
+            after = next((c for c in reversed(other[:at]) if c in known), None)
+            placed.insert(placed.index(after) + 1 if after is not None else 0, cid)
+        known.add(cid)
+    return placed
 
 
 def _merge_cell(

@@ -8,6 +8,8 @@ session, and lets different sessions run in parallel. The work is done by its co
 * :mod:`~jlabgw.sessions.kernels`: a :class:`KernelStarter` (the seam to the gateway) and the
   spare kernel started ahead;
 * :mod:`~jlabgw.sessions.runner`: running and following cells;
+* :mod:`~jlabgw.sessions.cells`: inserting, editing, re-running, deleting, moving cells;
+* :mod:`~jlabgw.sessions.control`: interrupting and restarting a kernel;
 * :mod:`~jlabgw.sessions.reattach`: the registry, take-back and hand-over;
 * :mod:`~jlabgw.sessions.lanes`: a job per resource shape;
 * :mod:`~jlabgw.sessions.opening`: the start use cases' shared steps (kernel, notebook, session);
@@ -23,23 +25,20 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from nbformat.v4 import new_markdown_cell
-
 from jlabgw.cluster.backends.base import Backend
 from jlabgw.config import Settings
 from jlabgw.errors import (
-    GatewayError,
     JlabgwError,
-    KernelDiedError,
     KernelNotFoundError,
     NotebookError,
 )
 from jlabgw.jupyter.rest import GatewayClient
 from jlabgw.notebook.document import NotebookDoc
 from jlabgw.notebook.paths import resolve_notebook_path
-from jlabgw.notebook.recorder import DisplayIndex
 from jlabgw.notebook.writer import NotebookWriter
 from jlabgw.progress import Progress, no_progress
+from jlabgw.sessions import control
+from jlabgw.sessions.cells import Cells
 from jlabgw.sessions.execution import ExecutionResult
 from jlabgw.sessions.holds import NotebookHolds
 from jlabgw.sessions.kernels import (
@@ -62,8 +61,6 @@ from jlabgw.sessions.status import ServerStatus, SessionStatus
 __all__ = ["ExecutionResult", "SessionManager"]
 
 log = logging.getLogger(__name__)
-
-_SETTLE_TIMEOUT = 60.0  # for a kernel the gateway is auto-restarting to answer again
 
 
 class SessionManager:
@@ -98,6 +95,7 @@ class SessionManager:
             on_cell=self._save_registry,
             on_lost=self._lost,
         )
+        self._cells = Cells(self._runner, self._save_registry)
         self._opening = Opening(
             self._pool, self._starter, self._sessions, self.writer, settings, self._changed
         )
@@ -267,11 +265,33 @@ class SessionManager:
         wait: float | None = None,
         cell_timeout: float | None = None,
         queue: bool = False,
+        cell_index: int = -1,
     ) -> ExecutionResult:
-        """Run ``code`` in a new cell; see :meth:`Runner.run` for the keywords."""
+        """Run ``code`` in a new cell at ``cell_index`` (-1: appended); see :meth:`Runner.run`."""
+        return await self._cells.execute(
+            self.get(session_id),
+            code,
+            progress,
+            cell_index=cell_index,
+            wait=wait,
+            cell_timeout=cell_timeout,
+            queue=queue,
+        )
+
+    async def run_cell(
+        self,
+        session_id: str,
+        cell_index: int,
+        progress: Progress = no_progress,
+        *,
+        wait: float | None = None,
+        cell_timeout: float | None = None,
+        queue: bool = False,
+    ) -> ExecutionResult:
+        """Re-run an existing code cell in place (outputs replaced, a new count)."""
         session = self.get(session_id)
-        return await self._runner.run(
-            session, None, code, progress, wait=wait, cell_timeout=cell_timeout, queue=queue
+        return await self._cells.run_cell(
+            session, cell_index, progress, wait=wait, cell_timeout=cell_timeout, queue=queue
         )
 
     async def edit_cell(
@@ -284,14 +304,7 @@ class SessionManager:
         wait: float | None = None,
     ) -> ExecutionResult | str:
         """Replace a cell's source. Code cells are re-executed; markdown cells just change."""
-        session = self.get(session_id)
-        index = session.doc.cell_index(cell_index)
-        cell = session.doc.nb.cells[index]
-        if cell.cell_type != "code":
-            with session.doc.editing(cell):
-                cell.source = code
-            return f"cell {index} ({cell.cell_type}) updated; not executed" + _conflict(session)
-        return await self._runner.run(session, index, code, progress, wait=wait)
+        return await self._cells.edit(self.get(session_id), cell_index, code, progress, wait=wait)
 
     async def get_execution(
         self,
@@ -307,51 +320,24 @@ class SessionManager:
         execution = session.find_run(execution_id)
         return await self._runner.follow(session, execution, progress, wait)
 
-    async def add_markdown(self, session_id: str, markdown: str) -> dict[str, Any]:
-        session = self.get(session_id)
-        index = session.doc.append_cell(new_markdown_cell(markdown))
-        result: dict[str, Any] = {"cell_index": index, "notebook_path": str(session.doc.path)}
-        warning = session.doc.write_error or session.doc.conflict
-        if warning:
-            result["warning"] = warning
-        return result
+    async def add_markdown(
+        self, session_id: str, markdown: str, cell_index: int = -1
+    ) -> dict[str, Any]:
+        return self._cells.add_markdown(self.get(session_id), markdown, cell_index)
+
+    async def delete_cell(self, session_id: str, cell_index: int) -> dict[str, Any]:
+        return self._cells.delete(self.get(session_id), cell_index)
+
+    async def move_cell(self, session_id: str, from_index: int, to_index: int) -> dict[str, Any]:
+        return self._cells.move(self.get(session_id), from_index, to_index)
 
     # -- kernel control ------------------------------------------------------------------------
 
     async def interrupt(self, session_id: str) -> str:
-        session = self.get(session_id)
-        try:
-            await self._starter.interrupt(session.kernel_id, session.lane)
-        except GatewayError as exc:  # the gateway may be gone: ask the backend
-            await self._runner.raise_if_lost(session, exc)
-            raise
-        return f"interrupt sent to the kernel of session {session_id}"
+        return await control.interrupt(self._starter, self._runner, self.get(session_id))
 
     async def restart(self, session_id: str) -> str:
-        session = self.get(session_id)
-        if session.conn.restarting:
-            # The kernel just died and the gateway is restarting it. A REST restart on top of
-            # that collides with it (HTTP 500) and can leave the kernel without its restarter,
-            # so a later death goes unnoticed: let the automatic restart finish first.
-            with contextlib.suppress(JlabgwError, TimeoutError):
-                async with asyncio.timeout(_SETTLE_TIMEOUT):
-                    await session.conn.settle()
-        try:
-            await self._starter.restart(session.kernel_id, session.lane)
-        except GatewayError as exc:  # the gateway may be gone: ask the backend
-            await self._runner.raise_if_lost(session, exc)
-            raise
-        await session.conn.reset(
-            KernelDiedError(
-                f"the kernel of session {session_id} was restarted (restart_kernel) while this "
-                "cell ran; its variables are gone and the cell did not finish"
-            )
-        )
-        session.displays = DisplayIndex()
-        return (
-            f"kernel of session {session_id} restarted: all variables are gone, the notebook "
-            f"{session.doc.path.name} is unchanged"
-        )
+        return await control.restart(self._starter, self._runner, self.get(session_id))
 
     async def shutdown(self, session_id: str, *, force: bool = False) -> str:
         """Stop the session's kernel. Refused (unless ``force``) while its notebook cannot be
@@ -397,9 +383,3 @@ class SessionManager:
                 await asyncio.to_thread(self.writer.flush)
             except JlabgwError as exc:
                 log.error("%s", exc)
-
-
-def _conflict(session: Session) -> str:
-    """A warning to add to a short tool answer while the notebook cannot be written."""
-    warning = session.doc.write_error or session.doc.conflict
-    return f". Warning: {warning}" if warning else ""

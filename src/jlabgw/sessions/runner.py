@@ -74,8 +74,10 @@ class Runner:
         wait: float | None = None,
         cell_timeout: float | None = None,
         queue: bool = False,
+        before: NotebookNode | None = None,
     ) -> ExecutionResult:
-        """Run ``code`` in a new cell (index None) or in cell ``index`` (new source if given).
+        """Run ``code`` in a new cell (index None; put before the cell ``before``, or at the
+        end) or in cell ``index`` (new source if given).
 
         Waits up to ``wait`` seconds (None: until done); a run still going then is reported
         with the output so far and goes on (``get_execution`` follows it). ``cell_timeout``
@@ -101,7 +103,8 @@ class Runner:
         target = session.doc.nb.cells[index] if index is not None else None
         # The execution is its own task: a caller that stops waiting (or is cancelled)
         # leaves the cell running and recording into the notebook.
-        execution.task = background(self._execution(session, execution, target, code), _LEFT)
+        run = self._execution(session, execution, target, code, before)
+        execution.task = background(run, _LEFT)
         session.runs[execution.id] = execution
         while len(session.runs) > _KEEP_RUNS and next(iter(session.runs.values())).done:
             session.runs.pop(next(iter(session.runs)))
@@ -198,12 +201,13 @@ class Runner:
         execution: Execution,
         target: NotebookNode | None,
         code: str | None,
+        before: NotebookNode | None = None,
     ) -> dict[str, Any]:
         async with session.lock:
             doc = session.doc
             if target is None:
                 cell = new_code_cell(code or "")
-                index = doc.append_cell(cell)
+                index = doc.insert_cell(cell, before)
             else:
                 cell = target
                 index = doc.index_of(cell)

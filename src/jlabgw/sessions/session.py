@@ -104,11 +104,17 @@ class Session:
             "running": {
                 "execution_id": running.id,
                 "msg_id": running.msg_id,
-                "cell_index": running.cell_index,
+                "cell_index": self._index_now(running),
             }
             if running is not None and running.msg_id
             else None,
         }
+
+    def _index_now(self, execution: Execution) -> int | None:
+        """Where ``execution``'s cell is now (cells inserted, moved or deleted above it)."""
+        with self.doc.reading() as nb:
+            found = (i for i, c in enumerate(nb.cells) if c is execution.cell)
+            return next(found, execution.cell_index)
 
     @classmethod
     def from_record(
