@@ -1,0 +1,197 @@
+"""JLABGW_BACKEND=gridengine end to end (issue 15): MCP over stdio -> qsub over SSH on the test
+login node as the cluster user -> Kernel Gateway in a real Grid Engine job -> SSH tunnel to
+the "compute node" (this machine, through the same sshd) -> notebook. The same shared batch
+machinery as SLURM (BatchJob, leases, reattach, the walltime warning); only the scheduler
+differs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import anyio
+import nbformat
+import pytest
+
+from tests.gridengine import GridEngineCluster
+from tests.helpers import PYTHON, server_env, wait_until
+from tests.mcp_client import call, new_session, serve, status, text_of
+from tests.slurm import JOB_VENV
+from tests.sshd import SSHDServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+
+def ge_env(tmp_path: Path, login: SSHDServer, **extra: str) -> dict[str, str]:
+    """A "laptop" server: qsub/qstat/qdel only through the login node, whose sshd is the
+    compute node's too (one machine)."""
+    if not (JOB_VENV / "bin" / "python").exists():
+        pytest.skip(f"no job Python at {JOB_VENV} (run tests/cluster/setup-system.sh)")
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {
+        "HOME": str(home),
+        "JLABGW_BACKEND": "gridengine",
+        "JLABGW_SSH_HOST": login.host,
+        "JLABGW_SSH_PORT": str(login.port),
+        "JLABGW_SSH_USER": login.user,
+        "JLABGW_SSH_KEY": str(login.client_key),
+        "JLABGW_KNOWN_HOSTS": str(login.known_hosts),
+        "JLABGW_SSH_CONFIG": str(tmp_path / "no-ssh-config"),
+        "JLABGW_COMPUTE_SSH_PORT": str(login.port),
+        "JLABGW_REMOTE_SETUP": f". {JOB_VENV}/bin/activate",
+        "JLABGW_GE_H_RT": "0:10:00",
+        "JLABGW_JOB_IDLE_TIMEOUT": "0",
+        "JLABGW_WALLTIME_WARN": "0",
+        **extra,
+    }
+
+
+def qstat_state(cluster: GridEngineCluster, job_id: str) -> str:
+    """The job's state letters in qstat ("" once Grid Engine no longer lists it)."""
+    done = cluster.as_user("qstat")
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        if fields and fields[0] == job_id:
+            return fields[4]
+    return ""
+
+
+async def run(client: Any, sid: str, code: str) -> str:
+    out = await call(client, "execute_code", session_id=sid, code=code)
+    assert not out.is_error, text_of(out)
+    return text_of(out)
+
+
+async def test_a_session_on_a_grid_engine_job(
+    tmp_path: Path, gridengine: GridEngineCluster, ge_login: SSHDServer
+) -> None:
+    env = ge_env(tmp_path, ge_login, JLABGW_JOB_NAME="jlabgw-ge")
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            sid = await new_session(client, "on grid engine")
+            out = await run(client, sid, "import os, getpass; print(getpass.getuser()); 6 * 7")
+            assert out == f"{ge_login.user}\n42\n"
+            assert await run(client, sid, "1 + 1") == "2\n"
+            long = await call(
+                client,
+                "execute_code",
+                session_id=sid,
+                code="import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(1)",
+            )
+            assert text_of(long) == "0\n1\n2\n"
+            state = await status(client)
+            assert state["backend"] == "gridengine"
+            job = state["job"]
+            assert job["state"] == "RUNNING"
+            assert job["node"]
+            assert qstat_state(gridengine, job["id"]) == "r"
+            # h_rt 10 min: the time left comes from Grid Engine's start time and the limit
+            assert 0 < job["seconds_left"] <= 600
+            notebook = state["sessions"][0]["notebook_path"]
+            doctor = subprocess.run(
+                [PYTHON, "-m", "jlabgw", "doctor"],
+                capture_output=True,
+                text=True,
+                env=server_env(tmp_path, **env),
+                timeout=120,
+            )
+            assert "✓ scheduler" in doctor.stdout, doctor.stdout
+            assert "qstat answers" in doctor.stdout
+            assert "✓ batch script" in doctor.stdout
+            assert "-l h_rt=0:10:00" in doctor.stdout
+    # the client's exit deletes the job (qdel over SSH)
+    assert wait_until(lambda: qstat_state(gridengine, job["id"]) == "", timeout=60)
+    cells = nbformat.read(notebook, as_version=4).cells
+    assert [c.execution_count for c in cells] == [1, 2, 3]
+
+
+async def test_qdel_is_reported_and_resume_runs_on_a_new_job(
+    tmp_path: Path, gridengine: GridEngineCluster, ge_login: SSHDServer
+) -> None:
+    env = ge_env(tmp_path, ge_login, JLABGW_JOB_NAME="jlabgw-ge-qdel")
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            sid = await new_session(client, "fragile")
+            await run(client, sid, "x = 41")
+            state = await status(client)
+            old_job = state["job"]["id"]
+            notebook = Path(state["sessions"][0]["notebook_path"])
+            gridengine.as_user("qdel", old_job)
+            assert wait_until(lambda: qstat_state(gridengine, old_job) == "", timeout=60)
+
+            lost = await call(client, "execute_code", session_id=sid, code="x + 1")
+            assert lost.is_error
+            message = text_of(lost)
+            assert f"batch job {old_job} is no longer running" in message
+            assert "kernel and its variables are gone" in message
+            assert f"notebook_path='{notebook.name}'" in message
+
+            resumed = await call(
+                client,
+                "start_session_resume_notebook",
+                experiment_name="again",
+                notebook_path=notebook.name,
+            )
+            assert not resumed.is_error, text_of(resumed)
+            new_sid = resumed.structured_content["session_id"]
+            assert await run(client, new_sid, "x + 1") == "42\n"
+            new_job = (await status(client))["job"]["id"]
+            assert new_job != old_job
+    assert wait_until(lambda: qstat_state(gridengine, new_job) == "", timeout=60)
+
+
+async def test_a_killed_server_is_replaced_and_takes_its_session_back(
+    tmp_path: Path, gridengine: GridEngineCluster, ge_login: SSHDServer
+) -> None:
+    env = ge_env(tmp_path, ge_login, JLABGW_JOB_NAME="jlabgw-ge-reattach")
+    first_log = (tmp_path / "server1.log").open("w")
+    async with serve(tmp_path, first_log, **env) as client:
+        sid = await new_session(client, "survivor")
+        await run(client, sid, "y = 'state on the node'")
+        state = await status(client)
+        job = state["job"]["id"]
+        notebook = state["sessions"][0]["notebook_path"]
+        assert wait_until(lambda: len(nbformat.read(notebook, as_version=4).cells) == 1)
+        os.kill(state["server_pid"], signal.SIGKILL)
+        with anyio.move_on_after(5), contextlib.suppress(Exception):
+            await call(client, "list_sessions")
+    first_log.close()
+    assert qstat_state(gridengine, job) == "r"  # nobody deleted it
+    with (tmp_path / "server2.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            assert await run(client, sid, "y") == "'state on the node'\n"
+            assert (await status(client))["job"]["id"] == job
+    assert wait_until(lambda: qstat_state(gridengine, job) == "", timeout=60)
+
+
+async def test_walltime_warning_and_idle_end(
+    tmp_path: Path, gridengine: GridEngineCluster, ge_login: SSHDServer
+) -> None:
+    """h_rt of 3 minutes with a 5-minute warning: every result says so. The job then ends by
+    itself once idle (no kernel for JLABGW_JOB_IDLE_TIMEOUT s), the server being kept off it."""
+    env = ge_env(
+        tmp_path,
+        ge_login,
+        JLABGW_JOB_NAME="jlabgw-ge-walltime",
+        JLABGW_GE_H_RT="0:3:00",
+        JLABGW_WALLTIME_WARN="5",
+        JLABGW_JOB_IDLE_TIMEOUT="5",
+        JLABGW_KEEP_JOB="1",  # left to its own idle timeout
+    )
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            sid = await new_session(client, "short job")
+            out = await call(client, "execute_code", session_id=sid, code="1 + 1")
+            text = text_of(out)
+            assert text.startswith("2\n")
+            job = (await status(client))["job"]["id"]
+            assert f"batch job {job} reaches its walltime in about" in text
+            shut = await call(client, "shutdown_session", session_id=sid)
+            assert not shut.is_error, text_of(shut)
+    # kept, but with no kernel: the job's supervisor ends it after 5 s idle
+    assert wait_until(lambda: qstat_state(gridengine, job) == "", timeout=60, interval=1.0)
