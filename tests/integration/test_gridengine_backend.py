@@ -195,3 +195,32 @@ async def test_walltime_warning_and_idle_end(
             assert not shut.is_error, text_of(shut)
     # kept, but with no kernel: the job's supervisor ends it after 5 s idle
     assert wait_until(lambda: qstat_state(gridengine, job) == "", timeout=60, interval=1.0)
+
+
+async def test_a_resource_shape_is_a_grid_engine_job_of_its_own(
+    tmp_path: Path, gridengine: GridEngineCluster, ge_login: SSHDServer
+) -> None:
+    env = ge_env(tmp_path, ge_login, JLABGW_JOB_NAME="jlabgw-ge-shape", JLABGW_GE_PE="smp")
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            started = await call(
+                client,
+                "start_new_session",
+                experiment_name="shaped",
+                cpus=2,
+                mem="1G",
+                time="00:05:00",
+            )
+            assert not started.is_error, text_of(started)
+            sid = started.structured_content["session_id"]
+            # the job got the slots of its parallel environment
+            assert await run(client, sid, "import os; os.environ['NSLOTS']") == "'2'\n"
+            state = await status(client)
+            shaped = next(j for j in state["jobs"] if j["resources"] != "default")
+            assert shaped["resources"] == "cpus=2,mem=1G,time=00:05:00"
+            job_id = shaped["id"]
+            details = gridengine.as_user("qstat", "-j", job_id).stdout
+            assert "h_rt=300" in details
+            assert "h_vmem=1G" in details
+            assert "smp range: 2" in details
+    assert wait_until(lambda: qstat_state(gridengine, job_id) == "", timeout=60)

@@ -52,3 +52,30 @@ def test_bad_requests_say_what_is_expected(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         shape_of(make_settings(tmp_path, backend="slurm"), resources)
+
+
+def test_grid_engine_maps_a_request_onto_its_own_options(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, backend="gridengine", ge_pe="smp", ge_resources="arch=lx-amd64,h_vmem=2G"
+    )
+    key, shaped = shape_of(
+        settings,
+        {"partition": "gpu.q", "gpus": 1, "cpus": 4, "mem": "16G", "time": "1-02:00:00"},
+    )
+    assert key == "partition=gpu.q,gpus=gpu:1,cpus=4,mem=16G,time=1-02:00:00"
+    assert shaped.ge_queue == "gpu.q"
+    assert shaped.ge_h_rt == "26:00:00"  # days folded into hours
+    assert shaped.ge_slots == 4
+    assert shaped.ge_resources == "arch=lx-amd64,h_vmem=16G,gpu=1"  # h_vmem replaced
+    # what the configured job has already is the default lane
+    assert shape_of(settings, {"mem": "2G"})[0] == ""
+
+
+def test_grid_engine_cpus_need_a_parallel_environment(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="JLABGW_GE_PE"):
+        shape_of(make_settings(tmp_path, backend="gridengine"), {"cpus": 2})
+
+
+def test_the_local_backend_takes_no_resources(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="need a batch backend"):
+        shape_of(make_settings(tmp_path), {"gpus": 1})

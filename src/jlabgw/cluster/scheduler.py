@@ -15,8 +15,9 @@ backend class naming it (``cluster/backends``), its settings, and tests against 
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from jlabgw.cluster.host import Host
 from jlabgw.config import Settings
@@ -126,6 +127,14 @@ class Scheduler(abc.ABC):
     def hopeless_reason(self, status: JobStatus) -> str | None:
         """An explanation if the job waits for something it will never get by itself."""
         return None
+
+    @classmethod
+    @abc.abstractmethod
+    def resource_settings(cls, settings: Settings, wanted: Mapping[str, str]) -> dict[str, Any]:
+        """The settings of a job shaped as ``wanted`` asks (a session's ``resources``, checked
+        and normalised: ``partition`` a name, ``gpus``/``cpus`` a count, ``mem`` like 16G,
+        ``time`` like [D-]HH:MM:SS), as overrides of ``settings``. Raises
+        :class:`~jlabgw.errors.ConfigError` for what this scheduler cannot ask for."""
 
     # -- for doctor --------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from jlabgw.cluster.backends import Backend, create_backend
+from jlabgw.cluster.backends import Backend, create_backend, scheduler_type
 from jlabgw.config import Settings
 from jlabgw.errors import ConfigError, JlabgwError
 from jlabgw.jupyter.rest import GatewayClient
@@ -29,14 +29,9 @@ __all__ = ["RESOURCE_KEYS", "Lane", "Lanes", "shape_of"]
 log = logging.getLogger(__name__)
 
 
-# tool parameter -> setting
-RESOURCE_KEYS = {
-    "partition": "slurm_partition",
-    "gpus": "slurm_gres",
-    "cpus": "slurm_cpus",
-    "mem": "slurm_mem",
-    "time": "slurm_time",
-}
+# the tool's resource parameters; each scheduler maps them onto its settings
+# (jlabgw.cluster.scheduler.Scheduler.resource_settings)
+RESOURCE_KEYS = ("partition", "gpus", "cpus", "mem", "time")
 _MEM = re.compile(r"^\d+[KMGT]?$")
 _TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 _PARTITION = re.compile(r"^[A-Za-z0-9_.,-]+$")
@@ -85,8 +80,15 @@ def shape_of(settings: Settings, resources: Mapping[str, Any]) -> tuple[str, Set
         raise ConfigError(
             f"unknown resource(s) {', '.join(unknown)}; valid: {', '.join(RESOURCE_KEYS)}"
         )
-    overrides: dict[str, Any] = {}
-    for name, value in resources.items():
+    scheduler = scheduler_type(settings.backend)
+    if scheduler is None:
+        raise ConfigError(
+            "resource requests (partition, gpus, cpus, mem, time) need a batch backend (slurm, "
+            f"gridengine); this server uses {settings.backend!r} (JLABGW_BACKEND)"
+        )
+    wanted: dict[str, str] = {}
+    for name in RESOURCE_KEYS:
+        value = resources.get(name)
         if value is None:
             continue
         text = str(value).strip()
@@ -94,21 +96,20 @@ def shape_of(settings: Settings, resources: Mapping[str, Any]) -> tuple[str, Set
             if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
                 what = name[:-1].upper() + "s"
                 raise ConfigError(f"{name}={value!r}: give a whole number of {what} (1, 2 ...)")
-            text = f"gpu:{int(text)}" if name == "gpus" else str(int(text))
+            text = str(int(text))
         elif name == "mem" and not _MEM.match(text):
             raise ConfigError(f"mem={value!r}: give a size such as 16G or 4000M")
         elif name == "time" and not _TIME.match(text):
             raise ConfigError(f"time={value!r}: give a walltime such as 04:00:00 or 1-00:00:00")
         elif name == "partition" and not _PARTITION.match(text):
             raise ConfigError(f"partition={value!r}: not a partition name")
-        field = RESOURCE_KEYS[name]
-        if str(getattr(settings, field)) != text:
-            overrides[field] = text
-    if not overrides:
+        # a value the configured job has already does not count
+        if _changes(settings, scheduler.resource_settings(settings, {name: text})):
+            wanted[name] = text
+    if not wanted:
         return "", settings
-    key = ",".join(
-        f"{name}={overrides[field]}" for name, field in RESOURCE_KEYS.items() if field in overrides
-    )
+    overrides = _changes(settings, scheduler.resource_settings(settings, wanted))
+    key = ",".join(f"{name}={_shown(name, text)}" for name, text in wanted.items())
     digest = hashlib.sha256(key.encode()).hexdigest()[:6]
     try:
         shaped = Settings.model_validate(
@@ -124,6 +125,14 @@ def shape_of(settings: Settings, resources: Mapping[str, Any]) -> tuple[str, Set
     except ValidationError as exc:
         raise ConfigError(f"resources {key}: {exc.errors()[0]['msg']}") from exc
     return key, shaped
+
+
+def _changes(settings: Settings, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in overrides.items() if getattr(settings, k) != v}
+
+
+def _shown(name: str, text: str) -> str:
+    return f"gpu:{text}" if name == "gpus" else text  # the lane's name, as status shows it
 
 
 class Lanes:
@@ -151,12 +160,6 @@ class Lanes:
         """The lane for a resource request, created (not started) if new."""
         if not resources or all(v is None for v in resources.values()):
             return ""
-        default = self.backend()
-        if not default.supports_resources:
-            raise ConfigError(
-                "resource requests (partition, gpus, cpus, mem, time) need the slurm backend; "
-                f"this server uses {default.name!r} (JLABGW_BACKEND)"
-            )
         key, shaped = shape_of(self._settings, resources)
         async with self._lock:
             if key not in self._lanes:

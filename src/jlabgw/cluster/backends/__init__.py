@@ -30,6 +30,7 @@ __all__ = [
     "SlurmBackend",
     "create_backend",
     "scheduler_for",
+    "scheduler_type",
 ]
 
 _LAZY = {"LocalBackend": ".local", "SlurmBackend": ".slurm", "GridEngineBackend": ".gridengine"}
@@ -41,13 +42,23 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def scheduler_type(backend: str) -> type[Scheduler] | None:
+    """The scheduler of a batch backend by name (None for the local backend)."""
+    if backend == "slurm":
+        from jlabgw.cluster.slurm.scheduler import SlurmScheduler
+
+        return SlurmScheduler
+    if backend == "gridengine":
+        from jlabgw.cluster.gridengine.scheduler import GridEngineScheduler
+
+        return GridEngineScheduler
+    return None
+
+
 def scheduler_for(settings: Settings, host: Host) -> Scheduler | None:
     """The scheduler of ``settings.backend`` on ``host`` (None for the local backend)."""
-    if settings.backend == "local":
-        return None
-    backend = create_backend(settings)
-    scheduler = getattr(backend, "scheduler", None)
-    return scheduler(host) if scheduler is not None else None
+    kind = scheduler_type(settings.backend)
+    return kind(host) if kind is not None else None
 
 
 def create_backend(settings: Settings) -> Backend:

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from jlabgw.cluster.gridengine.batch import GridEngineOptions, ge_directives, render_batch_script
 from jlabgw.cluster.gridengine.client import GridEngineClient, hopeless_reason
 from jlabgw.cluster.host import Host
 from jlabgw.cluster.scheduler import JobStatus, ProbeFailed, Scheduler
 from jlabgw.config import Settings
+from jlabgw.errors import ConfigError
 
 __all__ = ["GridEngineScheduler", "options_from"]
 
@@ -28,6 +30,16 @@ def options_from(settings: Settings) -> GridEngineOptions:
     )
 
 
+def _h_rt(walltime: str) -> str:
+    """``[D-]HH:MM:SS`` as Grid Engine's ``h:m:s`` (days folded into the hours)."""
+    days, _, clock = walltime.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)  # MM:SS or SS
+    hours, minutes, seconds = parts
+    return f"{hours + 24 * int(days or 0)}:{minutes:02d}:{seconds:02d}"
+
+
 class GridEngineScheduler(Scheduler):
     label: ClassVar[str] = "Grid Engine"
     settings_hint: ClassVar[str] = "JLABGW_GE_*"
@@ -36,6 +48,32 @@ class GridEngineScheduler(Scheduler):
     def __init__(self, host: Host) -> None:
         super().__init__(host)
         self.client = GridEngineClient(host)
+
+    @classmethod
+    def resource_settings(cls, settings: Settings, wanted: Mapping[str, str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        # -l resources: the configured ones, with h_vmem (per slot) and gpu replaced
+        resources = dict(
+            item.partition("=")[::2] for item in settings.ge_resources.split(",") if item
+        )
+        if "partition" in wanted:
+            out["ge_queue"] = wanted["partition"]
+        if "time" in wanted:
+            out["ge_h_rt"] = _h_rt(wanted["time"])
+        if "cpus" in wanted:
+            if not settings.ge_pe and wanted["cpus"] != "1":
+                raise ConfigError(
+                    f"cpus={wanted['cpus']} needs a parallel environment on Grid Engine: set "
+                    "JLABGW_GE_PE (`qconf -spl` lists them; smp is usual)"
+                )
+            out["ge_slots"] = int(wanted["cpus"])
+        if "mem" in wanted:
+            resources["h_vmem"] = wanted["mem"]
+        if "gpus" in wanted:
+            resources["gpu"] = wanted["gpus"]
+        if "mem" in wanted or "gpus" in wanted:
+            out["ge_resources"] = ",".join(f"{k}={v}" for k, v in resources.items())
+        return out
 
     def render(self, settings: Settings) -> str:
         template = None

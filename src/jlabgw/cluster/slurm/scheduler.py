@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from jlabgw.cluster.host import Host
 from jlabgw.cluster.scheduler import JobStatus, ProbeFailed, Scheduler
@@ -22,6 +23,22 @@ class SlurmScheduler(Scheduler):
     def __init__(self, host: Host) -> None:
         super().__init__(host)
         self.client = SlurmClient(host)
+
+    @classmethod
+    def resource_settings(cls, settings: Settings, wanted: Mapping[str, str]) -> dict[str, Any]:
+        fields = {
+            "partition": "slurm_partition",
+            "gpus": "slurm_gres",
+            "cpus": "slurm_cpus",
+            "mem": "slurm_mem",
+            "time": "slurm_time",
+        }
+        out: dict[str, Any] = {fields[k]: v for k, v in wanted.items()}
+        if "gpus" in wanted:
+            out["slurm_gres"] = f"gpu:{wanted['gpus']}"
+        if "cpus" in wanted:
+            out["slurm_cpus"] = int(wanted["cpus"])
+        return out
 
     def render(self, settings: Settings) -> str:
         return render_batch_script(settings)
