@@ -192,7 +192,7 @@ def _serve(settings: Settings) -> int:
 
     mcp = build_server(settings, backend)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_stdio(mcp))
+        asyncio.run(serve_stdio(mcp, max_line=settings.max_message))
     return 0
 
 

@@ -141,7 +141,10 @@ class GatewayStarter:
         generation = backend.generation
         model = await gw.start_kernel(name)
         conn = KernelConnection(
-            gw.endpoint, model["id"], lost=functools.partial(backend.lost_since, generation)
+            gw.endpoint,
+            model["id"],
+            lost=functools.partial(backend.lost_since, generation),
+            max_message=self._lanes.settings.max_message,
         )
         try:
             async with asyncio.timeout(_KERNEL_READY_TIMEOUT):
@@ -184,6 +187,7 @@ class GatewayStarter:
             kernel_id,
             ws_session_id,
             lost=functools.partial(backend.lost_since, backend.generation),
+            max_message=self._lanes.settings.max_message,
         )
 
     async def discard(self, conn: Connection, lane: str = "") -> None:

@@ -146,6 +146,11 @@ class Lanes:
         self._lanes: dict[str, Lane] = {"": Lane(backend, on_new_gateway)}
         self._lock = asyncio.Lock()
 
+    @property
+    def settings(self) -> Settings:
+        """The configured settings (a shaped lane's backend has its own)."""
+        return self._settings
+
     def backend(self, lane: str = "") -> Backend:
         return self._lanes[lane].backend
 

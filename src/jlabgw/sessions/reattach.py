@@ -108,8 +108,7 @@ class Reattach:
         """``registry``: None for backends whose kernels stop with the server.
         ``notebook_dir``: where a record's notebook must lie (default: the lanes' setting)."""
         self._registry = registry
-        # TODO(issue 13): the manager passes notebook_dir; until then, the lanes' settings
-        self._notebook_dir = notebook_dir or lanes._settings.notebook_dir
+        self._notebook_dir = notebook_dir or lanes.settings.notebook_dir
         self._sessions = sessions
         self._lanes = lanes
         self._starter = starter
