@@ -37,6 +37,9 @@ TOOLS = {
     "run_cell",
     "delete_cell",
     "move_cell",
+    "start_notebook",
+    "read_notebook",
+    "list_notebooks",
 }
 
 

@@ -11,10 +11,12 @@ execute_code repeatedly: variables persist between calls in the same session. Us
 document steps, edit_cell to fix and re-run a cell, run_cell to re-run one unchanged. Cell
 indexes count from 0 in the notebook as it is on disk now (a person may edit it meanwhile);
 negative ones count from the end. execute_code and add_markdown append by default, or put the
-new cell at cell_index; delete_cell and move_cell tidy the notebook. To continue earlier work, use
-start_session_resume_notebook (re-runs the notebook to rebuild its state) or
-start_session_continue_notebook (copies it, fresh kernel, nothing re-run). Do not shut sessions
-down unless the user asks: their state is valuable.
+new cell at cell_index; delete_cell and move_cell tidy the notebook. read_notebook shows a
+notebook's cells (any notebook, open or not; paged), list_notebooks what is there and who has
+it open. To work on an existing notebook: start_notebook (the same file, fresh kernel, nothing
+re-run; returns the session that already has it open, if any), start_session_resume_notebook
+(re-runs it to rebuild its state) or start_session_continue_notebook (a copy). Do not shut
+sessions down unless the user asks: their state is valuable.
 
 Long cells: execute_code returns after about 30 s with the output so far and an execution_id
 while the cell keeps running; call get_execution to receive the rest (it waits for more), and

@@ -1,5 +1,6 @@
-"""MCP tools on a notebook's cells beyond running new code: re-run, delete and move cells.
-Declared like those in :mod:`jlabgw.mcp.server`, which registers them (``NOTEBOOK_TOOLS``)."""
+"""MCP tools on notebooks beyond running new code: re-run, delete and move cells; read, list
+and open notebooks. Declared like those in :mod:`jlabgw.mcp.server`, which registers them
+(``NOTEBOOK_TOOLS``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from fastmcp import Context
 from fastmcp.tools.base import ToolResult
 from pydantic import Field
 
-from jlabgw.mcp.params import SessionId, _progress, _sessions
-from jlabgw.mcp.results import execution_result, limits_for
+from jlabgw.mcp.params import KernelName, NotebookPath, SessionId, _progress, _sessions
+from jlabgw.mcp.results import execution_result, limits_for, text_result
 
 __all__ = ["NOTEBOOK_TOOLS"]
 
@@ -59,4 +60,66 @@ async def move_cell(
     return await _sessions(ctx).move_cell(session_id, from_index, to_index)
 
 
-NOTEBOOK_TOOLS = (run_cell, delete_cell, move_cell)
+async def read_notebook(
+    ctx: Context,
+    notebook_path: Annotated[
+        str | None,
+        Field(
+            description="Notebook to read, relative to the notebook directory (list_notebooks "
+            "shows them). Or pass session_id for a session's notebook."
+        ),
+    ] = None,
+    session_id: Annotated[
+        str | None, Field(description="Read this session's notebook (instead of a path).")
+    ] = None,
+    start: Annotated[
+        int, Field(description="First cell to show; negative counts from the end (-5: last 5).")
+    ] = 0,
+    count: Annotated[
+        int | None,
+        Field(description="At most this many cells (default: as many as fit in one result).", ge=1),
+    ] = None,
+) -> ToolResult:
+    """Read a notebook's cells: index, type, execution count, source and outputs as text.
+
+    Works on any notebook in the notebook directory, open in a session or not (reading never
+    holds it). Long sources and outputs are cut in the middle, images are a one-line note;
+    a page holds as many cells as fit in one result, and its last line says which start
+    shows the next ones (meta.next_start).
+    """
+    page = _sessions(ctx).notebooks.read(notebook_path, session_id, start, count)
+    result = text_result(page.text)
+    result.meta = page.meta()
+    return result
+
+
+async def list_notebooks(ctx: Context) -> list[dict[str, Any]]:
+    """Notebooks in the notebook directory: path (relative, as notebook_path takes it), size
+    in bytes, modified (UTC), cells, and held_by (the session recording into it, of this
+    server or another one) or null."""
+    return _sessions(ctx).notebooks.list()
+
+
+async def start_notebook(
+    notebook_path: NotebookPath, ctx: Context, kernel_name: KernelName = None
+) -> dict[str, Any]:
+    """Open an existing notebook to work on it: a fresh kernel, nothing re-run; new cells are
+    added to that same file.
+
+    If a session of this server already has it open, that session is returned (its
+    variables kept; already_open is true). Its old outputs stay, but variables from the old
+    cells are NOT defined in a fresh kernel: run_cell the cells you need, or use
+    start_session_resume_notebook to re-run them all. To keep the file untouched, use
+    start_session_continue_notebook (a copy).
+    """
+    return await _sessions(ctx).notebooks.start(notebook_path, _progress(ctx), kernel_name)
+
+
+NOTEBOOK_TOOLS = (
+    start_notebook,
+    read_notebook,
+    list_notebooks,
+    run_cell,
+    delete_cell,
+    move_cell,
+)

@@ -10,6 +10,8 @@ session, and lets different sessions run in parallel. The work is done by its co
 * :mod:`~jlabgw.sessions.runner`: running and following cells;
 * :mod:`~jlabgw.sessions.cells`: inserting, editing, re-running, deleting, moving cells;
 * :mod:`~jlabgw.sessions.control`: interrupting and restarting a kernel;
+* :mod:`~jlabgw.sessions.notebooks` (:attr:`SessionManager.notebooks`): reading, listing and
+  opening (``start_notebook``) the notebook directory's notebooks;
 * :mod:`~jlabgw.sessions.reattach`: the registry, take-back and hand-over;
 * :mod:`~jlabgw.sessions.lanes`: a job per resource shape;
 * :mod:`~jlabgw.sessions.opening`: the start use cases' shared steps (kernel, notebook, session);
@@ -50,6 +52,7 @@ from jlabgw.sessions.kernels import (
 )
 from jlabgw.sessions.lanes import Lanes
 from jlabgw.sessions.lost import lose_with_siblings
+from jlabgw.sessions.notebooks import Notebooks
 from jlabgw.sessions.opening import Opening
 from jlabgw.sessions.orphans import keep_job_for_orphans
 from jlabgw.sessions.reattach import Reattach
@@ -98,6 +101,15 @@ class SessionManager:
         self._cells = Cells(self._runner, self._save_registry)
         self._opening = Opening(
             self._pool, self._starter, self._sessions, self.writer, settings, self._changed
+        )
+        self.notebooks = Notebooks(
+            settings,
+            self._sessions,
+            self._holds,
+            self.writer,
+            self._opening,
+            self._lanes,
+            backend.name,
         )
         # Sessions on a batch job outlive this server: the registry lets the next one take
         # them back (reattach). None for backends whose kernels stop with the server.
