@@ -40,6 +40,7 @@ TOOLS = {
     "start_notebook",
     "read_notebook",
     "list_notebooks",
+    "execute_scratch",
 }
 
 

@@ -7,16 +7,23 @@ __all__ = ["INSTRUCTIONS"]
 INSTRUCTIONS = """\
 jlabgw runs Python (or another Jupyter kernel) in persistent sessions and records every
 executed cell, with its outputs, in a .ipynb notebook. Start with start_new_session, then call
-execute_code repeatedly: variables persist between calls in the same session. Use add_markdown to
-document steps, edit_cell to fix and re-run a cell, run_cell to re-run one unchanged. Cell
-indexes count from 0 in the notebook as it is on disk now (a person may edit it meanwhile);
-negative ones count from the end. execute_code and add_markdown append by default, or put the
-new cell at cell_index; delete_cell and move_cell tidy the notebook. read_notebook shows a
-notebook's cells (any notebook, open or not; paged), list_notebooks what is there and who has
-it open. To work on an existing notebook: start_notebook (the same file, fresh kernel, nothing
-re-run; returns the session that already has it open, if any), start_session_resume_notebook
-(re-runs it to rebuild its state) or start_session_continue_notebook (a copy). Do not shut
+execute_code repeatedly: variables persist between calls in the same session. Do not shut
 sessions down unless the user asks: their state is valuable.
+
+Which tool:
+- new work: start_new_session. An existing notebook: start_notebook (the same file, a fresh
+  kernel, nothing re-run; if a session already has it open you get that session),
+  start_session_resume_notebook (re-runs it to rebuild its state), or
+  start_session_continue_notebook (works on a copy). list_notebooks shows the notebooks and
+  who has each open; read_notebook reads any of them (paged, images as a note).
+- the notebook's cells: execute_code and add_markdown append, or insert at cell_index;
+  edit_cell changes a cell (and re-runs code), run_cell re-runs one unchanged, delete_cell
+  and move_cell tidy up. Indexes count from 0 in the notebook as it is on disk now (a person
+  may edit it meanwhile); negative ones count from the end. The running cell cannot be
+  deleted or moved.
+- a quick check that should not be in the notebook (is a package installed, what is in a
+  file): execute_scratch, in a throwaway kernel; with session_id it sees and can change that
+  session's variables, which the notebook then no longer reproduces.
 
 Long cells: execute_code returns after about 30 s with the output so far and an execution_id
 while the cell keeps running; call get_execution to receive the rest (it waits for more), and

@@ -1,6 +1,6 @@
 """MCP tools on notebooks beyond running new code: re-run, delete and move cells; read, list
-and open notebooks. Declared like those in :mod:`jlabgw.mcp.server`, which registers them
-(``NOTEBOOK_TOOLS``)."""
+and open notebooks; and scratch runs, recorded in none. Declared like those in
+:mod:`jlabgw.mcp.server`, which registers them (``NOTEBOOK_TOOLS``)."""
 
 from __future__ import annotations
 
@@ -115,6 +115,44 @@ async def start_notebook(
     return await _sessions(ctx).notebooks.start(notebook_path, _progress(ctx), kernel_name)
 
 
+async def execute_scratch(
+    code: Annotated[str, Field(description="Code to run; it is recorded in no notebook.")],
+    ctx: Context,
+    session_id: Annotated[
+        str | None,
+        Field(
+            description="Run in this session's kernel (its variables) instead of a throwaway "
+            "kernel. Default: a throwaway kernel, shut down after."
+        ),
+    ] = None,
+    timeout: Annotated[  # noqa: ASYNC109 - the cell's time limit, not this call's
+        float | None,
+        Field(description="Interrupt the code after this many seconds (default: no limit)."),
+    ] = None,
+) -> ToolResult:
+    """Run code that is NOT recorded in any notebook: quick checks (is a package installed,
+    how big is a file, what does the GPU say) that should not clutter the notebook.
+
+    Default: a throwaway kernel on the same gateway, shut down when the code ends (nothing of
+    the session's state is there). With session_id: in that session's kernel, with its
+    variables; the notebook then no longer reproduces the kernel's state if the code changed
+    it, so use execute_code for anything the analysis builds on. Output, errors and long runs
+    as with execute_code (get_execution follows a long one under the session_id the result
+    names).
+    """
+    manager = _sessions(ctx)
+    wait = manager.settings.exec_wait
+    if session_id is None:
+        result = await manager.scratch.throwaway(
+            code, _progress(ctx), wait=wait, cell_timeout=timeout
+        )
+    else:
+        result = await manager.scratch.in_session(
+            manager.get(session_id), code, _progress(ctx), wait=wait, cell_timeout=timeout
+        )
+    return execution_result(result, limits_for(manager.settings))
+
+
 NOTEBOOK_TOOLS = (
     start_notebook,
     read_notebook,
@@ -122,4 +160,5 @@ NOTEBOOK_TOOLS = (
     run_cell,
     delete_cell,
     move_cell,
+    execute_scratch,
 )

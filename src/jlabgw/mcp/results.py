@@ -60,6 +60,7 @@ def execution_result(result: ExecutionResult, limits: Limits) -> ToolResult:
         content=content,
         is_error=result.is_error,
         meta={
+            "session_id": result.session_id,
             "execution_id": result.execution_id,
             "cell_index": result.cell_index,
             "execution_count": result.execution_count,

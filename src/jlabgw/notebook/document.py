@@ -31,7 +31,7 @@ import copy
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import nbformat
 from nbformat import NotebookNode
@@ -90,6 +90,12 @@ class NotebookDoc:
         doc.version = 1
         writer.write_now(doc)
         return doc
+
+    @classmethod
+    def in_memory(cls, name: str) -> NotebookDoc:
+        """A notebook that is never written anywhere (scratch runs): its cells live in memory
+        only, and ``name`` only names it in messages."""
+        return cls(Path(name), nbformat.v4.new_notebook(), cast("NotebookWriter", _Nowhere()))
 
     @classmethod
     def open(cls, path: Path, writer: NotebookWriter) -> NotebookDoc:
@@ -349,3 +355,16 @@ class NotebookDoc:
 
     def flush(self, timeout: float = 30.0) -> None:
         self._writer.flush(self, timeout)
+
+
+class _Nowhere:
+    """The writer of an in-memory notebook: nothing is ever written."""
+
+    def schedule(self, doc: NotebookDoc) -> None:
+        pass
+
+    def flush(self, doc: NotebookDoc | None = None, timeout: float = 30.0) -> None:
+        pass
+
+    def write_now(self, doc: NotebookDoc) -> None:
+        pass

@@ -12,6 +12,7 @@ session, and lets different sessions run in parallel. The work is done by its co
 * :mod:`~jlabgw.sessions.control`: interrupting and restarting a kernel;
 * :mod:`~jlabgw.sessions.notebooks` (:attr:`SessionManager.notebooks`): reading, listing and
   opening (``start_notebook``) the notebook directory's notebooks;
+* :mod:`~jlabgw.sessions.scratch` (:attr:`SessionManager.scratch`): runs recorded nowhere;
 * :mod:`~jlabgw.sessions.reattach`: the registry, take-back and hand-over;
 * :mod:`~jlabgw.sessions.lanes`: a job per resource shape;
 * :mod:`~jlabgw.sessions.opening`: the start use cases' shared steps (kernel, notebook, session);
@@ -58,6 +59,7 @@ from jlabgw.sessions.orphans import keep_job_for_orphans
 from jlabgw.sessions.reattach import Reattach
 from jlabgw.sessions.registry import SessionRegistry
 from jlabgw.sessions.runner import Runner
+from jlabgw.sessions.scratch import Scratch
 from jlabgw.sessions.session import Session, SessionTable, notebook_kernel
 from jlabgw.sessions.status import ServerStatus, SessionStatus
 
@@ -102,6 +104,7 @@ class SessionManager:
         self._opening = Opening(
             self._pool, self._starter, self._sessions, self.writer, settings, self._changed
         )
+        self.scratch = Scratch(self._pool, self._starter, self._runner)
         self.notebooks = Notebooks(
             settings,
             self._sessions,
@@ -328,7 +331,7 @@ class SessionManager:
     ) -> ExecutionResult:
         """Output added since the last report of an execution (default: the latest one),
         waiting up to ``wait`` seconds for it to finish."""
-        session = self.get(session_id)
+        session = self.scratch.get(session_id) or self.get(session_id)
         execution = session.find_run(execution_id)
         return await self._runner.follow(session, execution, progress, wait)
 
@@ -376,6 +379,7 @@ class SessionManager:
         """Stop all kernels (or hand them over to the next server, on a kept job), the
         gateway clients, the shaped jobs and the writer (the backend is the caller's)."""
         await self._pool.close()
+        await self.scratch.aclose()
         await self._reattach.hand_over()
         for session in self._sessions:
             try:

@@ -178,7 +178,7 @@ class Runner:
             execution_count=reply.get("execution_count") if reply else None,
             status=status,
             outputs=outputs,
-            notebook_path=session.doc.path,
+            notebook_path=execution.doc.path,  # a scratch run's: not the session's
             elapsed=execution.elapsed,
             redrawn=redrawn,
             follow_up=execution.reports > 1,
@@ -189,8 +189,8 @@ class Runner:
     def _where(session: Session, execution: Execution) -> int | None:
         """The run's cell index in the notebook as it is on disk now (a person may have
         added or moved cells above it since it started)."""
-        if execution.cell is None:
-            return execution.cell_index
+        if execution.cell is None or execution.doc is not session.doc:
+            return execution.cell_index  # queued, or a scratch run's (not in the notebook)
         with contextlib.suppress(CellIndexError):  # deleted by a person: where it was
             execution.cell_index = session.doc.index_of(execution.cell)
         return execution.cell_index

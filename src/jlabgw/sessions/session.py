@@ -106,8 +106,8 @@ class Session:
                 "msg_id": running.msg_id,
                 "cell_index": self._index_now(running),
             }
-            if running is not None and running.msg_id
-            else None,
+            if running is not None and running.msg_id and running.doc is self.doc
+            else None,  # a scratch run records nothing: nothing to take back
         }
 
     def _index_now(self, execution: Execution) -> int | None:
