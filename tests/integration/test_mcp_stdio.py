@@ -41,6 +41,7 @@ TOOLS = {
     "read_notebook",
     "list_notebooks",
     "execute_scratch",
+    "check_resources",
 }
 
 

@@ -1,13 +1,18 @@
-"""execute_scratch over MCP stdio with real kernels (local backend): recorded in no notebook,
-in a throwaway kernel that is gone from the gateway (/api/kernels) and the process table
-afterwards, also after a long run followed with get_execution; or in a session's kernel, with
-its variables, the result saying the notebook no longer reproduces the state. One server for
-the module."""
+"""execute_scratch and check_resources over MCP stdio with real kernels (local backend).
+
+execute_scratch: recorded in no notebook, in a throwaway kernel that is gone from the gateway
+(/api/kernels) and the process table afterwards, also after a long run followed with
+get_execution; or in a session's kernel, with its variables, the result saying the notebook
+no longer reproduces the state. check_resources: this machine asked directly, and (the
+cluster path) through a throwaway kernel. One server for the module."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,7 +23,10 @@ import httpx
 import pytest
 from mcp import Client
 
-from tests.helpers import notebook_cells, pids_matching, wait_until
+from jlabgw.cluster.backends import LocalBackend
+from jlabgw.progress import no_progress
+from jlabgw.sessions.manager import SessionManager
+from tests.helpers import make_settings, notebook_cells, pids_matching, wait_until
 from tests.mcp_client import call, new_session, poll_to_the_end, serve, status, text_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
@@ -181,3 +189,66 @@ async def test_scratch_in_a_session_uses_its_state_and_records_nothing(server: S
     bad = await call(client, "get_execution", session_id="scratch-00000000")
     assert bad.is_error
     assert "unknown session_id" in text_of(bad)
+
+
+async def test_check_resources_asks_this_machine_on_the_local_backend(server: Server) -> None:
+    client = server.client
+    sid = await new_session(client, "resources")
+    kernel_id = next(
+        s["kernel_id"] for s in (await status(client))["sessions"] if s["session_id"] == sid
+    )
+    for _ in range(300):  # the spare kernel new_session started behind it: ready
+        if (await status(client))["spare_kernel"] == "ready":
+            break
+        await anyio.sleep(0.1)
+    kernels = await gateway_kernels(server)
+    for args in ({}, {"session_id": sid}):
+        result = await call(client, "check_resources", **args)
+        assert not result.is_error, text_of(result)
+        info = result.structured_content
+        assert info["backend"] == "local"
+        assert info["job"] is None
+        assert info["asked"] == "this machine, directly (no kernel)"
+        assert info["host"] == socket.gethostname()
+        assert info["cpus"]["count"] == os.cpu_count()
+        assert info["cpus"]["usable"] == len(os.sched_getaffinity(0))
+        assert len(info["cpus"]["load_1_5_15_min"]) == 3
+        total = int(Path("/proc/meminfo").read_text().split()[1]) * 1024 / 2**30
+        assert info["memory"]["total_gib"] == pytest.approx(total, abs=0.01)
+        assert 0 < info["memory"]["available_gib"] <= info["memory"]["total_gib"]
+        assert isinstance(info["gpus"], list)
+        if shutil.which("nvidia-smi") is None:
+            assert info["gpus"] == []
+        assert info["disk"]["free_gib"] > 0
+        assert Path(info["disk"]["path"]).is_dir()
+    # with a session: the disk its kernel works on (the kernel's own cwd)
+    probe = await call(client, "execute_code", session_id=sid, code="import os; print(os.getcwd())")
+    assert info["disk"]["path"] == text_of(probe).strip()
+    assert info["session_id"] == sid
+    assert kernel_id in kernels
+    assert await gateway_kernels(server) == kernels  # no kernel was started for it
+    bad = await call(client, "check_resources", session_id="nope")
+    assert bad.is_error
+    assert "unknown session_id 'nope'" in text_of(bad)
+    await call(client, "shutdown_session", session_id=sid)
+
+
+async def test_check_resources_through_a_kernel_on_the_node(
+    tmp_path: Path, shared_backend: LocalBackend
+) -> None:
+    """The path a cluster backend takes: the probe runs in a throwaway kernel on the job's
+    gateway, and that kernel is gone afterwards."""
+    manager = SessionManager(make_settings(tmp_path, spare_kernel="false"), shared_backend)
+    try:
+        gateway = await manager.gateway()
+        before = {k["id"] for k in await gateway.list_kernels()}
+        info = await manager.resources.check(None, no_progress, direct=False)
+        assert info["asked"] == "a throwaway kernel on the job's node, shut down after"
+        assert info["host"] == socket.gethostname()
+        assert info["cpus"]["count"] == os.cpu_count()
+        assert info["memory"]["total_gib"] > 0
+        assert info["disk"]["free_gib"] > 0
+        after = {k["id"] for k in await gateway.list_kernels()}
+        assert after <= before  # no kernel left behind
+    finally:
+        await manager.aclose()

@@ -24,6 +24,8 @@ Which tool:
 - a quick check that should not be in the notebook (is a package installed, what is in a
   file): execute_scratch, in a throwaway kernel; with session_id it sees and can change that
   session's variables, which the notebook then no longer reproduces.
+- before a big computation, or when a batch job may end soon: check_resources (CPUs, memory,
+  GPUs, disk, the job's time left).
 
 Long cells: execute_code returns after about 30 s with the output so far and an execution_id
 while the cell keeps running; call get_execution to receive the rest (it waits for more), and

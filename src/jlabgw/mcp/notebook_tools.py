@@ -153,6 +153,26 @@ async def execute_scratch(
     return execution_result(result, limits_for(manager.settings))
 
 
+async def check_resources(
+    ctx: Context,
+    session_id: Annotated[
+        str | None,
+        Field(description="The session whose node to check (default: the default job's)."),
+    ] = None,
+) -> dict[str, Any]:
+    """What the machine a session runs on has: CPUs (count, usable, load), memory
+    (total/used/available, the job's limit), GPUs (name, memory, utilisation, via nvidia-smi),
+    free disk where the kernel works, and the batch job (id, node, time left).
+
+    Use it before a big computation (will it fit, is the GPU free) and when a job may end
+    soon. On the local backend this machine is asked directly; on a cluster a throwaway
+    kernel on the node answers (recorded nowhere).
+    """
+    manager = _sessions(ctx)
+    session = manager.get(session_id) if session_id is not None else None
+    return await manager.resources.check(session, _progress(ctx))
+
+
 NOTEBOOK_TOOLS = (
     start_notebook,
     read_notebook,
@@ -161,4 +181,5 @@ NOTEBOOK_TOOLS = (
     delete_cell,
     move_cell,
     execute_scratch,
+    check_resources,
 )

@@ -13,6 +13,7 @@ session, and lets different sessions run in parallel. The work is done by its co
 * :mod:`~jlabgw.sessions.notebooks` (:attr:`SessionManager.notebooks`): reading, listing and
   opening (``start_notebook``) the notebook directory's notebooks;
 * :mod:`~jlabgw.sessions.scratch` (:attr:`SessionManager.scratch`): runs recorded nowhere;
+* :mod:`~jlabgw.sessions.resources` (:attr:`SessionManager.resources`): a node's resources;
 * :mod:`~jlabgw.sessions.reattach`: the registry, take-back and hand-over;
 * :mod:`~jlabgw.sessions.lanes`: a job per resource shape;
 * :mod:`~jlabgw.sessions.opening`: the start use cases' shared steps (kernel, notebook, session);
@@ -58,6 +59,7 @@ from jlabgw.sessions.opening import Opening
 from jlabgw.sessions.orphans import keep_job_for_orphans
 from jlabgw.sessions.reattach import Reattach
 from jlabgw.sessions.registry import SessionRegistry
+from jlabgw.sessions.resources import Resources
 from jlabgw.sessions.runner import Runner
 from jlabgw.sessions.scratch import Scratch
 from jlabgw.sessions.session import Session, SessionTable, notebook_kernel
@@ -105,6 +107,7 @@ class SessionManager:
             self._pool, self._starter, self._sessions, self.writer, settings, self._changed
         )
         self.scratch = Scratch(self._pool, self._starter, self._runner)
+        self.resources = Resources(self._lanes, self.scratch, settings.notebook_dir)
         self.notebooks = Notebooks(
             settings,
             self._sessions,

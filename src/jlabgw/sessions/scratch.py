@@ -80,9 +80,11 @@ class Scratch:
         *,
         wait: float | None,
         cell_timeout: float | None,
+        lane: str = "",
     ) -> ExecutionResult:
-        """Run ``code`` in a kernel of its own, shut down when the run ends."""
-        started = await self._pool.take(progress)
+        """Run ``code`` in a kernel of its own (on ``lane``'s gateway), shut down when the run
+        ends."""
+        started = await self._pool.take(progress, None, lane)
         doc = NotebookDoc.in_memory(_NAME)
         doc.nb.metadata.update(started.metadata)
         temp = Session(
@@ -92,6 +94,7 @@ class Scratch:
             kernel_name=notebook_kernel(doc.nb) or "",
             conn=started.conn,
             doc=doc,
+            lane=lane,
         )
         self._throwaway[temp.id] = temp
         for old in list(self._throwaway.values())[: max(0, len(self._throwaway) - _KEEP)]:
