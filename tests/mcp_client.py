@@ -69,3 +69,14 @@ def body(result: Any) -> str:
     for footer in ("\n[still running after", "\n[finished after"):
         text = text.split(footer, 1)[0]
     return "" if text == "(no new output)" else text
+
+
+@asynccontextmanager
+async def serve_in(cwd: Path, root: Path, errlog: TextIO, **env: str) -> AsyncIterator[Client]:
+    """:func:`serve`, with the server (and so a local backend's kernels) working in ``cwd``:
+    for tests whose kernels write files where they run."""
+    params = StdioServerParameters(
+        command=PYTHON, args=["-m", "jlabgw", "serve"], env=server_env(root, **env), cwd=cwd
+    )
+    async with Client(stdio_client(params, errlog=errlog), mode="legacy") as client:  # type: ignore[arg-type]
+        yield client

@@ -110,6 +110,17 @@ class Settings(BaseModel):
         description="Bytes in one message from a kernel or from the MCP client (a stdio line); "
         "a larger one is refused unread: the cell gets a note, the call an error.",
     )
+    transfer_max_bytes: int = Field(
+        2**30,
+        ge=1,
+        description="Largest file upload_file / download_file move (bytes); a bigger one is "
+        "refused before anything is copied.",
+    )
+    transfer_root: str = Field(
+        "",
+        description="A directory besides the home directory (a scratch filesystem) where "
+        "upload_file / download_file take absolute paths on the kernel's side (empty: none).",
+    )
     # -- SSH (login node / compute nodes) ------------------------------------------------------
     ssh_host: str = Field(
         "", description="Login node host or ~/.ssh/config alias; empty: run cluster commands here."

@@ -42,6 +42,8 @@ TOOLS = {
     "list_notebooks",
     "execute_scratch",
     "check_resources",
+    "upload_file",
+    "download_file",
 }
 
 

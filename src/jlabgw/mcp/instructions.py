@@ -26,6 +26,8 @@ Which tool:
   session's variables, which the notebook then no longer reproduces.
 - before a big computation, or when a batch job may end soon: check_resources (CPUs, memory,
   GPUs, disk, the job's time left).
+- files between the notebook directory and where the kernel works: upload_file (data in),
+  download_file (results out); relative remote paths are where the kernel's open() looks.
 
 Long cells: execute_code returns after about 30 s with the output so far and an execution_id
 while the cell keeps running; call get_execution to receive the rest (it waits for more), and

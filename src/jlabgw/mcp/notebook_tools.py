@@ -173,6 +173,59 @@ async def check_resources(
     return await manager.resources.check(session, _progress(ctx))
 
 
+Overwrite = Annotated[bool, Field(description="Replace the file if it exists (default: refuse).")]
+
+
+async def upload_file(
+    session_id: SessionId,
+    local_path: Annotated[
+        str, Field(description="File to send, relative to the notebook directory.")
+    ],
+    remote_path: Annotated[
+        str,
+        Field(
+            description="Where the kernel finds it: relative to the kernel's working "
+            "directory (as its open() sees it), or absolute under your home or "
+            "JLABGW_TRANSFER_ROOT."
+        ),
+    ],
+    ctx: Context,
+    overwrite: Overwrite = False,
+) -> dict[str, Any]:
+    """Copy a file from the notebook directory to where the session's kernel works, e.g. a
+    data set for the kernel to load. Size capped (JLABGW_TRANSFER_MAX_BYTES, 1 GiB); an
+    existing file is kept unless overwrite; a failed copy leaves no partial file. Returns the
+    paths, bytes and seconds. Local backend only for now."""
+    manager = _sessions(ctx)
+    return await manager.transfers.upload(
+        manager.get(session_id), local_path, remote_path, _progress(ctx), overwrite
+    )
+
+
+async def download_file(
+    session_id: SessionId,
+    remote_path: Annotated[
+        str,
+        Field(
+            description="The file on the kernel's side: relative to its working directory, "
+            "or absolute under your home or JLABGW_TRANSFER_ROOT."
+        ),
+    ],
+    local_path: Annotated[
+        str, Field(description="Where to put it, relative to the notebook directory.")
+    ],
+    ctx: Context,
+    overwrite: Overwrite = False,
+) -> dict[str, Any]:
+    """Copy a file the session's kernel wrote (results, a model, a figure) into the
+    notebook directory. Size capped, no overwrite unless asked, never half-written, as
+    upload_file. Local backend only for now."""
+    manager = _sessions(ctx)
+    return await manager.transfers.download(
+        manager.get(session_id), remote_path, local_path, _progress(ctx), overwrite
+    )
+
+
 NOTEBOOK_TOOLS = (
     start_notebook,
     read_notebook,
@@ -182,4 +235,6 @@ NOTEBOOK_TOOLS = (
     move_cell,
     execute_scratch,
     check_resources,
+    upload_file,
+    download_file,
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jlabgw.errors import NotebookError, PathOutsideNotebookDirError
 
-__all__ = ["experiment_filename", "resolve_notebook_path"]
+__all__ = ["confine", "experiment_filename", "resolve_notebook_path"]
 
 _UNSAFE = re.compile(r"[^\w.\-]+")
 _MAX_STEM = 80
@@ -39,6 +39,24 @@ def resolve_notebook_path(root: Path, user_path: str, *, must_exist: bool) -> Pa
         raise NotebookError(
             f"no notebook at {user_path!r} in {root_resolved}; list_sessions shows the "
             "notebooks of running sessions"
+        )
+    return resolved
+
+
+def confine(root: Path, user_path: str, what: str = "path") -> Path:
+    """``user_path`` (relative to ``root`` or absolute) resolved, and inside ``root`` (any kind
+    of file; see :func:`resolve_notebook_path` for how it is checked)."""
+    if not user_path or "\x00" in user_path:
+        raise NotebookError(f"{what} must be a non-empty path without NUL bytes")
+    root_resolved = root.resolve()
+    candidate = Path(user_path).expanduser()
+    if not candidate.is_absolute():
+        candidate = root_resolved / candidate
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(root_resolved) or resolved == root_resolved:
+        raise PathOutsideNotebookDirError(
+            f"{what} {user_path!r} is outside the notebook directory {root_resolved}; pass a "
+            "path relative to it"
         )
     return resolved
 

@@ -6,18 +6,16 @@ It holds server-wide state (sessions outlive any one MCP connection), serialises
 session, and lets different sessions run in parallel. The work is done by its collaborators:
 
 * :mod:`~jlabgw.sessions.kernels`: a :class:`KernelStarter` (the seam to the gateway) and the
-  spare kernel started ahead;
-* :mod:`~jlabgw.sessions.runner`: running and following cells;
-* :mod:`~jlabgw.sessions.cells`: inserting, editing, re-running, deleting, moving cells;
-* :mod:`~jlabgw.sessions.control`: interrupting and restarting a kernel;
-* :mod:`~jlabgw.sessions.notebooks` (:attr:`SessionManager.notebooks`): reading, listing and
-  opening (``start_notebook``) the notebook directory's notebooks;
-* :mod:`~jlabgw.sessions.scratch` (:attr:`SessionManager.scratch`): runs recorded nowhere;
-* :mod:`~jlabgw.sessions.resources` (:attr:`SessionManager.resources`): a node's resources;
-* :mod:`~jlabgw.sessions.reattach`: the registry, take-back and hand-over;
-* :mod:`~jlabgw.sessions.lanes`: a job per resource shape;
-* :mod:`~jlabgw.sessions.opening`: the start use cases' shared steps (kernel, notebook, session);
-* :mod:`~jlabgw.sessions.lost`: a session whose gateway is gone, and its siblings.
+  spare kernel started ahead; :mod:`~jlabgw.sessions.lanes`: a job per resource shape;
+* :mod:`~jlabgw.sessions.runner`: running and following cells; :mod:`~jlabgw.sessions.cells`:
+  inserting, editing, re-running, deleting, moving them; :mod:`~jlabgw.sessions.control`:
+  interrupting and restarting a kernel;
+* :mod:`~jlabgw.sessions.opening`: the start use cases' shared steps (kernel, notebook,
+  session); :mod:`~jlabgw.sessions.reattach`: the registry, take-back and hand-over;
+  :mod:`~jlabgw.sessions.lost`: a session whose gateway is gone, and its siblings;
+* attributes for the tools beyond a session's cells: :attr:`~SessionManager.notebooks`
+  (read, list, ``start_notebook``), :attr:`~SessionManager.scratch` (runs recorded nowhere),
+  :attr:`~SessionManager.resources` (a node's), :attr:`~SessionManager.transfers` (files).
 """
 
 from __future__ import annotations
@@ -64,6 +62,7 @@ from jlabgw.sessions.runner import Runner
 from jlabgw.sessions.scratch import Scratch
 from jlabgw.sessions.session import Session, SessionTable, notebook_kernel
 from jlabgw.sessions.status import ServerStatus, SessionStatus
+from jlabgw.sessions.transfer import Transfers
 
 __all__ = ["ExecutionResult", "SessionManager"]
 
@@ -108,6 +107,7 @@ class SessionManager:
         )
         self.scratch = Scratch(self._pool, self._starter, self._runner)
         self.resources = Resources(self._lanes, self.scratch, settings.notebook_dir)
+        self.transfers = Transfers(settings, self._lanes, self._sessions)
         self.notebooks = Notebooks(
             settings,
             self._sessions,

@@ -23,7 +23,7 @@ from jlabgw.sessions.lanes import Lanes
 from jlabgw.sessions.scratch import Scratch
 from jlabgw.sessions.session import Session
 
-__all__ = ["Resources"]
+__all__ = ["Resources", "kernel_cwd"]
 
 _PROBE_WAIT = 60.0  # seconds a probe in a kernel may take (its nvidia-smi call: 10)
 _MARK = "JLABGW-RESOURCES:"
@@ -48,7 +48,7 @@ class Resources:
         if direct is None:
             direct = backend.name == "local"
         if direct:
-            workdir = _kernel_cwd(session.kernel_id) if session is not None else None
+            workdir = kernel_cwd(session.kernel_id) if session is not None else None
             info = await asyncio.to_thread(node_probe.probe, workdir or str(self._default_dir))
             info["asked"] = "this machine, directly (no kernel)"
         else:
@@ -90,7 +90,7 @@ class Resources:
         )
 
 
-def _kernel_cwd(kernel_id: str) -> str | None:
+def kernel_cwd(kernel_id: str) -> str | None:
     """The working directory of the local kernel process whose command line names
     ``kernel_id`` (its connection file), if it can be found."""
     proc = Path("/proc")

@@ -1,0 +1,62 @@
+"""File transfers (sessions.transfer): a copy that fails or is cancelled half-way leaves
+neither a partial file under the final name nor its temporary file; the file taken
+meanwhile is not overwritten; a cluster backend is refused for now."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from jlabgw.errors import BackendError, NotebookError
+from jlabgw.progress import no_progress
+from jlabgw.sessions import transfer
+from jlabgw.sessions.manager import SessionManager
+
+pytestmark = pytest.mark.anyio
+
+
+def source(tmp_path: Path) -> Path:
+    path = tmp_path / "src.bin"
+    path.write_bytes(b"0123456789" * 10)
+    return path
+
+
+@pytest.mark.parametrize("failure", [OSError("disk gone"), asyncio.CancelledError()])
+async def test_a_copy_stopped_half_way_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    monkeypatch.setattr(transfer, "_CHUNK", 10)
+    target = tmp_path / "out" / "dst.bin"
+    calls = 0
+
+    async def progress(done: float, total: float | None, message: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise failure
+
+    expected = NotebookError if isinstance(failure, OSError) else asyncio.CancelledError
+    with pytest.raises(expected):
+        await transfer._copy(source(tmp_path), target, 1000, False, progress)
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+
+
+async def test_a_name_taken_during_the_copy_is_not_overwritten(tmp_path: Path) -> None:
+    target = tmp_path / "dst.bin"
+
+    async def progress(done: float, total: float | None, message: str) -> None:
+        target.write_text("someone else's")
+
+    with pytest.raises(NotebookError, match="exists; pass overwrite=true"):
+        await transfer._copy(source(tmp_path), target, 1000, False, progress)
+    assert target.read_text() == "someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst.bin", "src.bin"]
+
+
+async def test_a_cluster_session_is_refused_for_now(manager: SessionManager) -> None:
+    sid = (await manager.start_new("files"))["session_id"]
+    with pytest.raises(BackendError, match="local backend only for now"):
+        await manager.transfers.upload(manager.get(sid), "a", "b", no_progress)
