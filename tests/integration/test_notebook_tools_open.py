@@ -6,6 +6,7 @@ the module."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import nbformat
 import pytest
 from mcp import Client
+from mcp.types import ImageContent
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from jlabgw.sessions.holds import NotebookHolds
@@ -95,7 +97,7 @@ async def test_read_notebook_pages_within_the_budget(server: Server) -> None:
     assert "--- cell 2 (markdown) ---\n## a note\n" in text
     assert "characters cut here; the whole output is in cell 3 of reading.ipynb" in text
     assert len(text) < LIMIT + 500
-    assert not [b for b in page.content if b.type == "image"]
+    assert not [b for b in page.content if isinstance(b, ImageContent)]
     meta = page.meta
     assert (meta["start"], meta["total_cells"]) == (0, 5)
     if meta["next_start"] is None:
@@ -114,6 +116,11 @@ async def test_read_notebook_pages_within_the_budget(server: Server) -> None:
     assert text_of(two).endswith(
         "[cells 1..2 of 5; read_notebook with start=3 shows the next ones]"
     )
+    shown = await call(client, "read_notebook", session_id=sid, start=1, count=1, images=True)
+    assert "[image/png image, 0.1 KB, shown after the text" in text_of(shown)
+    pictures = [b for b in shown.content if isinstance(b, ImageContent)]
+    assert len(pictures) == 1
+    assert base64.b64decode(pictures[0].data).startswith(b"\x89PNG\r\n\x1a\n")
     last = await call(client, "read_notebook", notebook_path="reading.ipynb", start=-1)
     assert text_of(last).startswith("--- cell 4 (code, [4]) ---\n40 + 2\n")
 

@@ -29,7 +29,7 @@ from nbformat import NotebookNode
 
 from jlabgw.notebook.text import IMAGE_FORMATS, cap_text, joined, strip_ansi, text_of
 
-__all__ = ["ImageRefused", "Limits", "fit_image", "outputs_to_content"]
+__all__ = ["ImageRefused", "Limits", "fit_image", "image_blocks", "outputs_to_content"]
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF"}
 
@@ -173,4 +173,17 @@ def outputs_to_content(
             blocks.append(TextContent(type="text", text=footer))
     if not blocks:
         blocks.append(TextContent(type="text", text="(no output)"))
+    return blocks
+
+
+def image_blocks(outputs: Iterable[NotebookNode], limits: Limits) -> list[ContentBlock]:
+    """The image outputs among ``outputs`` as image blocks, within ``limits`` (a refused one
+    as its text note)."""
+    blocks: list[ContentBlock] = []
+    for output in outputs:
+        image = _image_of(output, limits)
+        if isinstance(image, Image):
+            blocks.append(image.to_image_content())
+        elif image is not None:
+            blocks.append(TextContent(type="text", text=image))
     return blocks

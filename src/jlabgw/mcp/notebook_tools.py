@@ -10,6 +10,7 @@ from fastmcp import Context
 from fastmcp.tools.base import ToolResult
 from pydantic import Field
 
+from jlabgw.mcp.content import image_blocks
 from jlabgw.mcp.params import KernelName, NotebookPath, SessionId, _progress, _sessions
 from jlabgw.mcp.results import execution_result, limits_for, text_result
 
@@ -79,16 +80,26 @@ async def read_notebook(
         int | None,
         Field(description="At most this many cells (default: as many as fit in one result).", ge=1),
     ] = None,
+    images: Annotated[
+        bool,
+        Field(
+            description="Also return the shown cells' images (downscaled, as in execute_code). "
+            "Default: a one-line note per image, to keep the result small."
+        ),
+    ] = False,
 ) -> ToolResult:
     """Read a notebook's cells: index, type, execution count, source and outputs as text.
 
     Works on any notebook in the notebook directory, open in a session or not (reading never
-    holds it). Long sources and outputs are cut in the middle, images are a one-line note;
+    holds it). Long sources and outputs are cut in the middle, images are a one-line note
+    (images=true returns them too);
     a page holds as many cells as fit in one result, and its last line says which start
     shows the next ones (meta.next_start).
     """
-    page = _sessions(ctx).notebooks.read(notebook_path, session_id, start, count)
+    manager = _sessions(ctx)
+    page = manager.notebooks.read(notebook_path, session_id, start, count, images)
     result = text_result(page.text)
+    result.content += image_blocks(page.images, limits_for(manager.settings))
     result.meta = page.meta()
     return result
 

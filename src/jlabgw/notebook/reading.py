@@ -14,7 +14,7 @@ import binascii
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class Page:
     start: int
     end: int
     total: int
+    images: list[NotebookNode] = field(default_factory=list)  # the outputs, when asked
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -48,11 +49,17 @@ class Page:
 
 
 def render_page(
-    cells: list[NotebookNode], start: int, count: int | None, budget: int, where: str
+    cells: list[NotebookNode],
+    start: int,
+    count: int | None,
+    budget: int,
+    where: str,
+    images: bool = False,
 ) -> Page:
     """Cells from ``start`` (negative counts from the end) on: ``count`` of them at most, and
     no more than fit in ``budget`` characters (at least one, cut to fit). ``where``: the
-    notebook's name, for the notes on what was cut."""
+    notebook's name, for the notes on what was cut. ``images``: the shown cells' image
+    outputs go in :attr:`Page.images` (their notes say so), for the caller to show."""
     total = len(cells)
     if not (-total <= start < total or start == total == 0):
         valid = f"0..{total - 1}, or -1..-{total} from the end" if total else "0"
@@ -64,16 +71,19 @@ def render_page(
     first = start % total if total else 0
     last = total if count is None else min(total, first + count)
     parts: list[str] = []
+    shown: list[NotebookNode] = []
     used = 0
     end = first
     for index in range(first, last):
         share = budget if index == first else budget - used
-        piece = render_cell(cells[index], index, max(share, _MIN_SHARE), where)
+        piece = render_cell(cells[index], index, max(share, _MIN_SHARE), where, images)
         if parts and used + len(piece) > budget:
             break
         parts.append(piece)
         used += len(piece)
         end = index + 1
+        if images and cells[index].get("cell_type") == "code":
+            shown += [o for o in cells[index].get("outputs", []) if _image_note(o)]
     if total == 0:
         footer = "(the notebook has no cells)"
     elif end < total:
@@ -83,10 +93,12 @@ def render_page(
         )
     else:
         footer = f"[cells {first}..{end - 1} of {total}: the end of the notebook]"
-    return Page("".join(parts) + footer, first, end, total)
+    return Page("".join(parts) + footer, first, end, total, shown)
 
 
-def render_cell(cell: NotebookNode, index: int, budget: int, where: str) -> str:
+def render_cell(
+    cell: NotebookNode, index: int, budget: int, where: str, images: bool = False
+) -> str:
     """One cell: a header line, its source, and (code) its outputs, within ``budget``."""
     kind = cell.get("cell_type", "?")
     count = cell.get("execution_count")
@@ -95,7 +107,7 @@ def render_cell(cell: NotebookNode, index: int, budget: int, where: str) -> str:
         header += f", [{count if count is not None else ' '}]"
     header += ") ---\n"
     source = joined(cell.get("source", ""))
-    outputs = outputs_text(cell.get("outputs", [])) if kind == "code" else ""
+    outputs = outputs_text(cell.get("outputs", []), images) if kind == "code" else ""
     room = max(_MIN_SHARE, budget - len(header) - 40)
     at = f"cell {index} of {where}"
     if len(source) + len(outputs) > room:
@@ -108,11 +120,14 @@ def render_cell(cell: NotebookNode, index: int, budget: int, where: str) -> str:
     return text
 
 
-def outputs_text(outputs: list[NotebookNode]) -> str:
-    """A cell's outputs as text, ANSI-free; an image is a note of its type and size."""
+def outputs_text(outputs: list[NotebookNode], images: bool = False) -> str:
+    """A cell's outputs as text, ANSI-free; an image is a note of its type and size (that
+    it is shown after the text, with ``images``)."""
     parts: list[str] = []
     for output in outputs:
         note = _image_note(output)
+        if note is not None and images:
+            note = note.replace("not shown", "shown after the text")
         piece = note if note is not None else text_of(output)
         if piece:
             parts.append(strip_ansi(piece))

@@ -66,6 +66,7 @@ class Notebooks:
         session_id: str | None,
         start: int = 0,
         count: int | None = None,
+        images: bool = False,
     ) -> Page:
         """A page of a notebook's cells (see :func:`~jlabgw.notebook.reading.render_page`):
         the session's notebook, or the one at ``notebook_path``."""
@@ -91,8 +92,9 @@ class Notebooks:
         if doc is not None:
             doc.sync()  # a person's saved edits first: indexes are those of the file now
             with doc.reading() as nb:
-                return render_page(list(nb.cells), start, count, self._budget, path.name)
-        return render_page(_load(path).cells, start, count, self._budget, path.name)
+                cells = list(nb.cells)
+                return render_page(cells, start, count, self._budget, path.name, images)
+        return render_page(_load(path).cells, start, count, self._budget, path.name, images)
 
     def list(self) -> list[dict[str, Any]]:
         """The notebooks under the notebook directory (hidden folders and checkpoints left
