@@ -167,7 +167,9 @@ async def tunnel_path(workdir: Path) -> AsyncIterator[Callable[[], Awaitable[Non
         async with local_kernel(str(workdir / "state-tunnel-gw")) as direct:
             gw_port = int(direct.endpoint.url.rsplit(":", 1)[1])
             with Forwarder(connection, "127.0.0.1", gw_port) as forwarder:
-                endpoint = GatewayEndpoint(url=forwarder.url, token=direct.endpoint.token)
+                cert = direct.endpoint.cert  # TLS to the gateway's own certificate, if it has one
+                url = forwarder.url.replace("http://", "https://", 1) if cert else forwarder.url
+                endpoint = GatewayEndpoint(url=url, token=direct.endpoint.token, cert=cert)
                 conn = KernelConnection(endpoint, direct.kernel_id)
 
                 async def once() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -147,3 +148,13 @@ def owner_of(pid: int) -> dict[str, str]:
     identity = process_identity(pid)
     assert identity is not None, f"process {pid} does not run"
     return {"host": socket.gethostname(), "process": identity}
+
+
+def gateway_base(info: Any) -> tuple[str, ssl.SSLContext | bool]:
+    """A published gateway's base URL on this machine's 127.0.0.1 and how to verify it: its
+    own certificate from the connection file (a dict or a GatewayInfo), pinned (issue 13)."""
+    cert = info.get("cert") if isinstance(info, dict) else info.cert
+    port = info["port"] if isinstance(info, dict) else info.port
+    if cert:
+        return f"https://127.0.0.1:{port}", ssl.create_default_context(cadata=cert)
+    return f"http://127.0.0.1:{port}", True

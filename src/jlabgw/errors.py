@@ -18,6 +18,7 @@ Tree (catch the category that matches what you will do about it)::
     │   │                           category REST and WebSocket share: "is the gateway gone?")
     │   ├── GatewayAuthError        401/403: token rejected
     │   ├── GatewayServerError      5xx: the gateway failed (possibly transient)
+    │   ├── GatewayImpostorError    what answers is not our gateway (TLS certificate)
     │   └── KernelNotFoundError     the kernel is gone from the gateway
     ├── SSHError                    an SSH connection could not be made or used
     │   ├── HostKeyError            the host key is unknown or does not match known_hosts
@@ -50,6 +51,7 @@ __all__ = [
     "ConnectionLostError",
     "GatewayAuthError",
     "GatewayError",
+    "GatewayImpostorError",
     "GatewayServerError",
     "GatewayStartError",
     "HostKeyError",
@@ -101,6 +103,11 @@ class ConnectionLostError(GatewayError):
 
 class GatewayAuthError(GatewayError):
     """The gateway rejected our token."""
+
+
+class GatewayImpostorError(GatewayError):
+    """What answers on the gateway's address is not the gateway our job started: its TLS
+    certificate is not the one pinned in the connection file. The token was not sent."""
 
 
 class GatewayServerError(GatewayError):

@@ -17,6 +17,7 @@ import pytest
 from jlabgw.cluster.slurm.batch import render_batch_script
 from tests.helpers import (
     cmdlines,
+    gateway_base,
     listening_addresses,
     make_settings,
     pids_matching,
@@ -57,14 +58,20 @@ def test_job_publishes_a_private_connection_file_and_cleans_up(tmp_path: Path) -
         assert info["job_id"] == "4242"
         assert info["host"]
         headers = {"Authorization": f"token {info['token']}"}
-        base = f"http://127.0.0.1:{info['port']}"
-        assert httpx.get(f"{base}/api/kernelspecs", headers=headers).status_code == 200
-        assert httpx.get(f"{base}/api/kernelspecs").status_code == 401
+        base, verify = gateway_base(info)
+        assert base.startswith("https://")  # the gateway's own certificate, pinned
+        ok = httpx.get(f"{base}/api/kernelspecs", headers=headers, verify=verify)
+        assert ok.status_code == 200
+        assert httpx.get(f"{base}/api/kernelspecs", verify=verify).status_code == 401
         assert listening_addresses(int(info["port"])) == {"127.0.0.1"}
         # the token is on no command line, and not in the kernels' environment
         assert not [c for c in cmdlines().values() if info["token"] in c]
         kernel = httpx.post(
-            f"{base}/api/kernels", headers=headers, json={"name": "python3"}, timeout=30
+            f"{base}/api/kernels",
+            headers=headers,
+            json={"name": "python3"},
+            timeout=30,
+            verify=verify,
         ).json()
         assert wait_until(lambda: bool(pids_matching(kernel["id"])), timeout=30)
         kernel_pid = pids_matching(kernel["id"])[0]

@@ -122,7 +122,7 @@ def _check_status_then_stop(tmp_path: Path, server: subprocess.Popen[bytes]) -> 
     assert token not in json.dumps(state)  # where the token is, never the token
     human = jlabgw(tmp_path, "status").stdout
     assert f"server pid {server.pid}" in human
-    assert "gateway: running http://127.0.0.1:" in human
+    assert "gateway: running https://127.0.0.1:" in human
 
     stopped = jlabgw(tmp_path, "stop")
     assert stopped.returncode == 0, stopped.stderr
@@ -165,7 +165,8 @@ def test_tunnel_local_starts_a_gateway_and_prints_a_working_curl(tmp_path: Path)
         try:
             lines = _read_until(proc, "Ctrl-C")
             printed = "".join(lines)
-            assert "gateway: http://127.0.0.1:" in printed
+            assert "gateway: https://127.0.0.1:" in printed
+            assert "--cacert" in printed  # the gateway's own certificate, pinned
             assert "mode 0600" in printed
             token_file = Path(printed.split("token:   in ", 1)[1].split(" ", 1)[0])
             token = json.loads(token_file.read_text())["KernelGatewayApp"]["auth_token"]

@@ -21,7 +21,13 @@ from jlabgw.cluster.host import Host, LocalHost, host_for
 from jlabgw.config import Settings
 from jlabgw.errors import CommandError
 from tests.gridengine import GridEngineCluster, user_dir
-from tests.helpers import listening_addresses, make_settings, pids_matching, wait_until
+from tests.helpers import (
+    gateway_base,
+    listening_addresses,
+    make_settings,
+    pids_matching,
+    wait_until,
+)
 from tests.sshd import SSHDServer
 
 pytestmark = pytest.mark.integration
@@ -176,9 +182,11 @@ def test_job_script_brings_up_the_gateway(
         assert stat.S_IMODE(connection_file.stat().st_mode) == 0o600
         assert stat.S_IMODE(connection_file.parent.stat().st_mode) == 0o700
         headers = {"Authorization": f"token {info.token}"}
-        base = f"http://127.0.0.1:{info.port}"
-        assert httpx.get(f"{base}/api/kernelspecs", headers=headers).status_code == 200
-        assert httpx.get(f"{base}/api/kernelspecs").status_code == 401
+        base, verify = gateway_base(info)
+        assert base.startswith("https://")  # the gateway's own certificate, pinned
+        ok = httpx.get(f"{base}/api/kernelspecs", headers=headers, verify=verify)
+        assert ok.status_code == 200
+        assert httpx.get(f"{base}/api/kernelspecs", verify=verify).status_code == 401
         assert listening_addresses(info.port) == {"127.0.0.1"}
         # the gateway runs the job's Python, as the test user, under Grid Engine
         gateway = Path(f"/proc/{info.gateway_pid}")
@@ -193,7 +201,11 @@ def test_job_script_brings_up_the_gateway(
         # GE's per-job TMPDIR (tests/gridengine.py) is short enough for the kernels' sockets
         assert "too long for Unix socket paths" not in log.read_text()
         kernel = httpx.post(
-            f"{base}/api/kernels", headers=headers, json={"name": "python3"}, timeout=30
+            f"{base}/api/kernels",
+            headers=headers,
+            json={"name": "python3"},
+            timeout=30,
+            verify=verify,
         ).json()
         assert wait_until(lambda: bool(pids_matching(kernel["id"])), timeout=30)
     finally:

@@ -135,7 +135,9 @@ async def _drop_mid_cell_and_reconnect(shared_backend: LocalBackend, *, ask_repl
     headers = {"Authorization": f"token {endpoint.token}"}
     seen: dict[str, dict[str, Any]] = {}
     try:
-        ws = await websockets.connect(url, additional_headers=headers, max_size=None)
+        ws = await websockets.connect(
+            url, additional_headers=headers, max_size=None, ssl=endpoint.ssl_context
+        )
         code = "import time\nfor i in range(30):\n    print(i, flush=True)\n    time.sleep(0.02)"
         request = session.msg("execute_request", {"code": code, "silent": False})
         request["channel"] = "shell"
@@ -151,7 +153,9 @@ async def _drop_mid_cell_and_reconnect(shared_backend: LocalBackend, *, ask_repl
         ws.transport.abort()
         await asyncio.sleep(0.3)
         again = url + (f"&jlabgw_last={last}" if ask_replay else "")
-        ws = await websockets.connect(again, additional_headers=headers, max_size=None)
+        ws = await websockets.connect(
+            again, additional_headers=headers, max_size=None, ssl=endpoint.ssl_context
+        )
         idle = replied = False
         async with asyncio.timeout(30):
             while not (idle and replied):

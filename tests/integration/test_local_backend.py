@@ -40,7 +40,10 @@ async def test_gateway_is_private_and_cleaned_up(settings: Settings) -> None:
     backend = LocalBackend(settings)
     endpoint = await backend.start()
     try:
-        assert endpoint.url.startswith("http://127.0.0.1:")
+        # TLS with the gateway's own certificate, pinned (issue 13: port impersonation)
+        assert endpoint.url.startswith("https://127.0.0.1:")
+        assert endpoint.cert is not None
+        assert "BEGIN CERTIFICATE" in endpoint.cert
         port = int(endpoint.url.rsplit(":", 1)[1])
         assert listening_addresses(port) == {"127.0.0.1"}  # loopback only, no 0.0.0.0 or ::
         assert endpoint.token not in repr(endpoint)
@@ -59,7 +62,7 @@ async def test_gateway_is_private_and_cleaned_up(settings: Settings) -> None:
             socket.create_connection(("127.0.0.2", port), timeout=2).close()
 
         # requests without or with a wrong token are refused
-        async with httpx.AsyncClient(base_url=endpoint.url) as http:
+        async with httpx.AsyncClient(base_url=endpoint.url, verify=endpoint.ssl_context) as http:
             assert (await http.get("/api/kernelspecs")).status_code == 401
             wrong = {"Authorization": "token not-the-token"}
             assert (await http.get("/api/kernelspecs", headers=wrong)).status_code == 401
@@ -122,7 +125,7 @@ async def test_port_clash_is_retried_on_another_port(
     try:
         endpoint = await backend.start()
         assert not endpoint.url.endswith(f":{busy_port}")
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=endpoint.ssl_context) as http:
             headers = {"Authorization": f"token {endpoint.token}"}
             resp = await http.get(f"{endpoint.url}/api/kernelspecs", headers=headers)
         assert resp.status_code == 200

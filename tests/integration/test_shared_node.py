@@ -25,6 +25,7 @@ import pwd
 import re
 import shutil
 import signal
+import ssl
 import stat
 import subprocess
 import tempfile
@@ -40,7 +41,7 @@ import pytest
 
 from jlabgw.node import job_supervisor as sup
 from tests import topology as topo
-from tests.helpers import PYTHON, free_port, wait_until
+from tests.helpers import PYTHON, free_port, gateway_base, wait_until
 from tests.mcp_client import call, new_session, serve, text_of
 
 if os.geteuid() != 0:
@@ -162,13 +163,15 @@ def test_the_token_never_reaches_another_account_holding_the_gateway_port(
 
 
 def rest(info: dict[str, Any], path: str, method: str = "GET", body: bytes | None = None) -> Any:
+    base, verify = gateway_base(info)
     request = urllib.request.Request(
-        f"http://127.0.0.1:{info['port']}{path}",
+        f"{base}{path}",
         data=body,
         method=method,
         headers={"Authorization": f"token {info['token']}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    context = verify if isinstance(verify, ssl.SSLContext) else None
+    with urllib.request.urlopen(request, timeout=10, context=context) as response:
         return json.loads(response.read() or b"null")
 
 

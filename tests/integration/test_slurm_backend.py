@@ -8,6 +8,7 @@ import json
 import os
 import pwd
 import signal
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from tests.helpers import PYTHON, server_env, wait_until
+from tests.helpers import PYTHON, gateway_base, server_env, wait_until
 from tests.mcp_client import body, call, new_session, poll_to_the_end, serve, status, text_of
 from tests.slurm import JOB_VENV, SlurmCluster, login_env, slurm_env, squeue
 from tests.sshd import SSHDServer
@@ -57,6 +58,10 @@ async def test_session_on_a_slurm_job(
     nb = nbformat.read(notebook, as_version=4)
     assert nb.cells[0].outputs[-1]["data"]["text/plain"] == "42"
     assert token not in (tmp_path / "server.log").read_text()
+    # a stolen state dir holds no token of a batch job (issue 13's threat list)
+    state_files = [f for f in (tmp_path / "state").rglob("*") if f.is_file()]
+    assert state_files  # registry, leases, server state ...
+    assert not [f for f in state_files if token.encode() in f.read_bytes()]
 
 
 async def test_a_job_that_cannot_fit_fails_fast_with_the_reason(
@@ -509,7 +514,8 @@ def test_tunnel_command_starts_a_job_shows_progress_and_forwards(
             printed = "".join(lines)
             assert "started a slurm gateway" in printed, printed
             url = printed.split("gateway: ", 1)[1].split()[0]
-            assert url.startswith("http://127.0.0.1:")
+            assert url.startswith("https://127.0.0.1:")  # TLS to the gateway's own certificate
+            assert "--cacert" in printed
             job = subprocess.run(
                 ["squeue", "-h", "-n", "jlabgw-tun", "-o", "%i"],
                 capture_output=True,
@@ -524,7 +530,9 @@ def test_tunnel_command_starts_a_job_shows_progress_and_forwards(
             request = urllib.request.Request(
                 f"{url}/api/kernelspecs", headers={"Authorization": f"token {token}"}
             )
-            with urllib.request.urlopen(request, timeout=30) as response:
+            pinned = gateway_base(json.loads(conn_file.read_text()))[1]
+            assert isinstance(pinned, ssl.SSLContext)
+            with urllib.request.urlopen(request, timeout=30, context=pinned) as response:
                 assert "python3" in json.loads(response.read())["kernelspecs"]
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=60) == 0

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from jlabgw.cluster.slurm.batch import render_batch_script
-from tests.helpers import make_settings, wait_until
+from tests.helpers import gateway_base, make_settings, wait_until
 from tests.slurm import SlurmCluster
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,8 @@ def test_job_runs_on_slurm_and_scancel_cleans_up(slurm: SlurmCluster, tmp_path: 
         info = json.loads(connection_file.read_text())
         assert info["job_id"] == job_id
         headers = {"Authorization": f"token {info['token']}"}
-        resp = httpx.get(f"http://127.0.0.1:{info['port']}/api/kernelspecs", headers=headers)
+        base, verify = gateway_base(info)
+        resp = httpx.get(f"{base}/api/kernelspecs", headers=headers, verify=verify)
         assert resp.status_code == 200
         script_text = (tmp_path / "job.sbatch").read_text()
         assert info["token"] not in script_text

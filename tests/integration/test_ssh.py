@@ -218,7 +218,9 @@ async def test_forwarder_carries_a_gateway_websocket_across_faults(
     forwarder = Forwarder(connection, "127.0.0.1", gw_port).start()
     try:
         local_port = forwarder.local_port
-        endpoint = GatewayEndpoint(url=forwarder.url, token=direct.token)
+        # TLS to the gateway's own certificate, end to end through the forward
+        url = forwarder.url.replace("http://", "https://", 1) if direct.cert else forwarder.url
+        endpoint = GatewayEndpoint(url=url, token=direct.token, cert=direct.cert)
         gateway = GatewayClient(endpoint)
         kernel = await gateway.start_kernel("python3")
         kc = KernelConnection(endpoint, kernel["id"])
@@ -291,13 +293,19 @@ def test_tunnel_command_forwards_and_reports_reconnects(
             assert url.startswith("http://127.0.0.1:")
             assert endpoint.token not in "".join(lines)
             headers = {"Authorization": f"token {endpoint.token}"}
-            assert httpx.get(f"{url}/api/kernelspecs", headers=headers).status_code == 200
+            # --remote forwards bytes: TLS to the gateway's own certificate goes through it
+            url = url.replace("http://", "https://", 1)
+            verify = endpoint.ssl_context or True
+            ok = httpx.get(f"{url}/api/kernelspecs", headers=headers, verify=verify)
+            assert ok.status_code == 200
 
             assert sshd.drop_connections() > 0
 
             def answers() -> bool:
                 try:
-                    response = httpx.get(f"{url}/api/kernelspecs", headers=headers, timeout=5)
+                    response = httpx.get(
+                        f"{url}/api/kernelspecs", headers=headers, timeout=5, verify=verify
+                    )
                 except httpx.HTTPError:
                     return False  # the first try may meet the dying connection
                 return response.status_code == 200

@@ -46,18 +46,22 @@ def tunnel(settings: Settings, remote: str | None) -> int:
 
 def _print_access(url: str, gateway: GatewayStatus | None) -> None:
     print(f"gateway: {url}", flush=True)
+    cert = gateway.cert_file if gateway else None
+    curl = f"curl -sS --cacert {shlex.quote(cert)}" if cert else "curl -sS"
+    if cert:
+        print(f"cert:    {cert} (the gateway's own TLS certificate: trust only it)")
     token_file = gateway.token_file if gateway else None
     if gateway and gateway.token_host:  # a batch job's connection file, on the cluster
         print(
             f"token:   the 'token' field of {gateway.token_location()} (mode 0600); paste it "
             "after this curl line (it stays out of ps and of your shell history)"
         )
-        print(f"try:     {_PASTE_CMD}curl -sS -H @- {url}/api/kernelspecs")
+        print(f"try:     {_PASTE_CMD}{curl} -H @- {url}/api/kernelspecs")
     elif token_file:
         path = shlex.quote(str(token_file))
         print(f"token:   in {token_file} (mode 0600); print it with: {_READ_CONFIG_CMD}{path}")
         # curl reads the header from stdin (-H @-): the token is in no process's argv (ps)
-        print(f"try:     {_HEADER_CMD}{path} | curl -sS -H @- {url}/api/kernelspecs")
+        print(f"try:     {_HEADER_CMD}{path} | {curl} -H @- {url}/api/kernelspecs")
     else:
         print(
             "token:   the auth token of the gateway you forward to (send it as the "

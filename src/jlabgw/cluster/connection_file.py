@@ -31,6 +31,12 @@ class GatewayInfo:
     started_at: float | None = None
     restarts: int | None = None
     previous_exit: str = ""  # how the gateway before this one ended ("" for the first)
+    cert: str = field(default="", repr=False)  # the gateway's TLS certificate (PEM), pinned
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when the gateway has a certificate to pin, else ``http``."""
+        return "https" if self.cert else "http"
 
     @property
     def key(self) -> tuple[int, float | None]:
@@ -53,6 +59,7 @@ class GatewayInfo:
                 started_at=_float_or_none(info.get("started_at")),
                 restarts=_int_or_none(info.get("restarts")),
                 previous_exit=str(info.get("previous_exit") or ""),
+                cert=str(info.get("cert") or ""),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"malformed jlabgw connection file: {exc}") from exc

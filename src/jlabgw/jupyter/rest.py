@@ -7,6 +7,7 @@ write to its log). httpx errors are translated into :mod:`jlabgw.errors` here.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import httpx
@@ -15,10 +16,11 @@ from jlabgw.errors import (
     ConnectionLostError,
     GatewayAuthError,
     GatewayError,
+    GatewayImpostorError,
     GatewayServerError,
     KernelNotFoundError,
 )
-from jlabgw.jupyter.endpoint import GatewayEndpoint
+from jlabgw.jupyter.endpoint import GatewayEndpoint, impostor_message
 
 __all__ = ["GatewayClient"]
 
@@ -35,6 +37,7 @@ class GatewayClient:
             base_url=endpoint.url,
             headers=endpoint.headers,
             timeout=timeout,
+            verify=endpoint.ssl_context or True,  # the pinned certificate only (https)
         )
 
     async def aclose(self) -> None:
@@ -48,6 +51,15 @@ class GatewayClient:
         except httpx.TimeoutException as exc:
             raise ConnectionLostError(
                 f"the gateway at {self.endpoint.url} did not answer {method} {path} in time"
+            ) from exc
+        except httpx.ConnectError as exc:
+            if _bad_certificate(exc):
+                raise GatewayImpostorError(
+                    impostor_message(self.endpoint, f"{method} {path} refused")
+                ) from exc
+            raise ConnectionLostError(
+                f"cannot reach the gateway at {self.endpoint.url} ({type(exc).__name__}); "
+                "it may have stopped — `jlabgw status` shows its state"
             ) from exc
         except httpx.TransportError as exc:
             raise ConnectionLostError(
@@ -127,3 +139,15 @@ def _error_reason(resp: httpx.Response) -> str:
     if isinstance(body, dict):
         return str(body.get("message") or body.get("reason") or resp.reason_phrase)
     return resp.reason_phrase
+
+
+def _bad_certificate(exc: BaseException) -> bool:
+    """Whether a connection failed on the TLS certificate check (or a non-TLS answer)."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # the cause chain is short; bounded anyway
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True  # SSLCertVerificationError; WRONG_VERSION_NUMBER: no TLS at all
+        seen = seen.__cause__ or seen.__context__
+    return False

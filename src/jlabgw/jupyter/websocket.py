@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 
 import websockets
@@ -19,11 +20,12 @@ from jlabgw.errors import (
     ConnectionLostError,
     GatewayAuthError,
     GatewayError,
+    GatewayImpostorError,
     GatewayServerError,
     JlabgwError,
     KernelNotFoundError,
 )
-from jlabgw.jupyter.endpoint import GatewayEndpoint
+from jlabgw.jupyter.endpoint import GatewayEndpoint, impostor_message
 
 __all__ = ["open_websocket", "reopen_websocket"]
 
@@ -49,6 +51,7 @@ async def open_websocket(
             open_timeout=OPEN_TIMEOUT,
             ping_interval=20,
             ping_timeout=60,
+            ssl=endpoint.ssl_context,  # wss: the pinned certificate only
         )
     except websockets.InvalidStatus as exc:
         status = exc.response.status_code
@@ -61,6 +64,10 @@ async def open_websocket(
             ) from exc
         error = GatewayServerError if status >= 500 else GatewayError
         raise error(f"WebSocket to kernel {kernel_id} refused: HTTP {status}") from exc
+    except ssl.SSLError as exc:  # certificate mismatch, or no TLS at all on that port
+        raise GatewayImpostorError(
+            impostor_message(endpoint, f"the WebSocket to kernel {kernel_id} was not opened")
+        ) from exc
     except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
         raise ConnectionLostError(
             f"cannot open a WebSocket to kernel {kernel_id} at {endpoint.url}: {type(exc).__name__}"

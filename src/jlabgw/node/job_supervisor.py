@@ -49,6 +49,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 PORT_ATTEMPTS = 5
+CERT_DAYS = 30  # the gateway's certificate; a job longer than that gets a new one on restart
 KERNEL_INFO_TIMEOUT = 15.0
 READY_TIMEOUT = 120.0
 POLL = 0.05
@@ -117,12 +119,49 @@ def write_private(path: Path, data: str) -> None:
     os.replace(tmp, path)
 
 
+def make_certificate(work_dir: Path) -> tuple[Path, Path] | None:
+    """A fresh self-signed certificate for 127.0.0.1 and its key (0600), made here in the
+    private work dir with openssl: the client pins it (the connection file carries it), so an
+    impostor on the gateway's port fails the TLS handshake before the token is sent. None
+    (plain HTTP, logged) where openssl is missing or fails, or JLABGW_GATEWAY_TLS=0."""
+    if os.environ.get("JLABGW_GATEWAY_TLS", "1").strip().lower() in ("0", "false", "no", "off"):
+        log("JLABGW_GATEWAY_TLS=0: the gateway speaks plain HTTP (its port can be impersonated)")
+        return None
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        log("no openssl on this node: the gateway speaks plain HTTP (its port can be impersonated)")
+        return None
+    key, cert = work_dir / "gateway-key.pem", work_dir / "gateway-cert.pem"
+    argv = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    argv += ["-nodes", "-keyout", str(key), "-out", str(cert), "-days", str(CERT_DAYS)]
+    argv += ["-subj", "/CN=jlabgw gateway", "-addext", "subjectAltName=IP:127.0.0.1"]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log(f"openssl failed ({exc}): the gateway speaks plain HTTP")
+        return None
+    if done.returncode != 0 or not cert.exists():
+        why = done.stderr.decode(errors="replace").strip()[-300:]
+        log(f"openssl could not make a certificate ({why}): the gateway speaks plain HTTP")
+        return None
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+def tls_context(cert: Path | None) -> ssl.SSLContext | None:
+    """What trusts exactly our gateway's certificate (None: plain HTTP)."""
+    if cert is None:
+        return None
+    return ssl.create_default_context(cafile=str(cert))
+
+
 def gateway_config(
     port: int,
     token: str,
     kernel_idle: int = 0,
     connection_class: str = NODELAY_CLASS,
     kernel_transport: str = "ipc",
+    tls: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
     """Traitlets config: loopback only, fixed port, TCP_NODELAY, no IOPub limit, culling, and
     kernels on Unix sockets (their directory is the gateway's JUPYTER_RUNTIME_DIR)."""
@@ -146,6 +185,8 @@ def gateway_config(
         # open timeout). A live kernel answers in milliseconds.
         "MappingKernelManager": {"kernel_info_timeout": KERNEL_INFO_TIMEOUT},
     }
+    if tls is not None:
+        config["KernelGatewayApp"] |= {"certfile": str(tls[0]), "keyfile": str(tls[1])}
     if kernel_idle > 0:
         config["MappingKernelManager"] |= {
             "cull_idle_timeout": kernel_idle,
@@ -246,11 +287,15 @@ def strangers(port: int, pid: int) -> dict[int, int] | None:
     return {inode: uid for inode, uid in held.items() if inode not in own}
 
 
-def api(port: int, token: str, path: str, timeout: float = 5.0) -> Any:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"token {token}"}
+def api(
+    port: int, token: str, path: str, timeout: float = 5.0, tls: ssl.SSLContext | None = None
+) -> Any:
+    """GET ``path`` from the gateway; with ``tls``, over HTTPS to the pinned certificate only."""
+    scheme = "https" if tls is not None else "http"
+    request = urllib.request.Request(  # noqa: S310 - http(s) to loopback only
+        f"{scheme}://127.0.0.1:{port}{path}", headers={"Authorization": f"token {token}"}
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(request, timeout=timeout, context=tls) as response:  # noqa: S310
         return json.loads(response.read() or b"null")
 
 
@@ -289,6 +334,8 @@ class Supervisor:
         self.socket_dir_apart = False  # not in the work dir: removed on its own
         # where there is no /proc (a macOS laptop's local backend) the owner cannot be checked
         self.check_owner = Path("/proc/net/tcp").exists()
+        self.tls: tuple[Path, Path] | None = None  # certificate and key; made by run()
+        self.tls_context: ssl.SSLContext | None = None
 
     def gateway_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -308,7 +355,12 @@ class Supervisor:
             port, token = free_port(), secrets.token_urlsafe(32)
             config = self.work_dir / "kernel_gateway_config.json"
             settings = gateway_config(
-                port, token, self.kernel_idle, self.connection_class, self.kernel_transport
+                port,
+                token,
+                self.kernel_idle,
+                self.connection_class,
+                self.kernel_transport,
+                self.tls,
             )
             write_private(config, json.dumps(settings))
             log_start = file_size(self.gateway_log)
@@ -332,7 +384,7 @@ class Supervisor:
                     break
                 try:
                     if self.owns(port):
-                        api(port, token, "/api/kernelspecs", timeout=2)
+                        api(port, token, "/api/kernelspecs", timeout=2, tls=self.tls_context)
                         return port, token
                 except (OSError, urllib.error.URLError):
                     pass
@@ -389,7 +441,15 @@ class Supervisor:
         caller_umask = os.umask(0o077)
         if self.keep_umask:  # local kernels write the user's files as the user's shell would
             self.gateway_umask = caller_umask
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        # SIGUSR1/SIGUSR2: Grid Engine's warning before it suspends or kills a job (qsub
+        # -notify, qdel): clean up as for SIGTERM while there is time
+        for signum in (
+            signal.SIGTERM,
+            signal.SIGINT,
+            signal.SIGHUP,
+            signal.SIGUSR1,
+            signal.SIGUSR2,
+        ):
             signal.signal(signum, self.on_signal)
         self.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.connection_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -406,6 +466,8 @@ class Supervisor:
                     "kernels listen on TCP (--kernel-transport tcp): other users of this node "
                     "can subscribe to their output"
                 )
+            self.tls = make_certificate(private_dir(self.work_dir))
+            self.tls_context = tls_context(self.tls[0] if self.tls else None)
             while True:
                 port, token = self.start_gateway()
                 assert self.proc is not None
@@ -414,12 +476,14 @@ class Supervisor:
                     "host": socket.gethostname(),
                     "port": port,
                     "token": token,
-                    "job_id": os.environ.get("SLURM_JOB_ID", ""),
+                    "job_id": os.environ.get("SLURM_JOB_ID") or os.environ.get("JOB_ID", ""),
                     "pid": os.getpid(),
                     "gateway_pid": gateway_pid,
                     "started_at": time.time(),
                     "restarts": restarts,
                     "previous_exit": previous_exit,
+                    # the client pins it: only our gateway can complete the TLS handshake
+                    "cert": self.tls[0].read_text() if self.tls else "",
                 }
                 write_private(self.connection_file, json.dumps(info))
                 log(f"gateway ready on {info['host']}:127.0.0.1:{port}; connection file written")
@@ -456,7 +520,11 @@ class Supervisor:
             if self.job_idle and now >= next_check:
                 next_check = now + min(IDLE_CHECK_EVERY, self.job_idle / 4)
                 try:  # (a gateway that died meanwhile is noticed above, next round)
-                    kernels = api(port, token, "/api/kernels") if self.owns(port) else None
+                    kernels = (
+                        api(port, token, "/api/kernels", tls=self.tls_context)
+                        if self.owns(port)
+                        else None
+                    )
                 except (OSError, urllib.error.URLError, ValueError):
                     kernels = None
                 if kernels:

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import ClassVar
 
 from jlabgw.cluster.backends.base import Backend
@@ -37,6 +38,7 @@ from jlabgw.cluster.scheduler import Scheduler
 from jlabgw.cluster.ssh.tunnel import NodeTunnel, node_connector
 from jlabgw.config import Settings
 from jlabgw.errors import JlabgwError
+from jlabgw.fsutil import ensure_private_dir, write_private_file
 from jlabgw.jupyter.endpoint import GatewayEndpoint
 from jlabgw.log import register_secret
 from jlabgw.progress import Progress
@@ -89,6 +91,7 @@ class BatchBackend(Backend):
         self._early_timings: dict[str, float] = {}
         self._early_error: BaseException | None = None
         self._kept_for: str | None = None  # why the job is left running at exit (keep_for)
+        self._cert_file: Path | None = None  # the gateway's certificate, kept for `tunnel`
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -159,12 +162,27 @@ class BatchBackend(Backend):
         laps.lap("gateway_start")
         register_secret(info.token)
         self._gateway = info
+        self._cert_file = self._keep_cert(info)
         await report(0, None, f"opening an SSH tunnel to {info.host}")
-        endpoint = await self._tunnel.open(info.host, info.port, info.token)
+        endpoint = await self._tunnel.open(info.host, info.port, info.token, info.cert or None)
         laps.lap("tunnel")
         self._timings = laps.total()
         log.info("gateway of job %s up: %s", job.job_id, self._timings)
         return endpoint
+
+    def _keep_cert(self, info: GatewayInfo) -> Path | None:
+        """The gateway's certificate in the state dir, for `jlabgw tunnel`'s curl --cacert
+        (public: no secret in it)."""
+        if not info.cert:
+            return None
+        path = self._settings.state_dir / f"gateway-{self.name}-{info.job_id or 'job'}.pem"
+        try:
+            ensure_private_dir(path.parent)
+            write_private_file(path, info.cert.encode())
+        except OSError as exc:
+            log.info("cannot keep the gateway certificate in %s: %s", path, exc)
+            return None
+        return path
 
     @property
     def _where(self) -> str:
@@ -281,6 +299,7 @@ class BatchBackend(Backend):
                 url=self._endpoint.url if self._endpoint else None,
                 token_file=job.files.connection_file(job_id) if up and job and job_id else None,
                 token_host=self._where if up else None,
+                cert_file=str(self._cert_file) if up and self._cert_file else None,
                 start_seconds=self._timings or None,
             ),
             JobInfo(

@@ -44,6 +44,7 @@ _STOP_GRACE = 10.0  # the gateway shuts kernels down on SIGTERM; that can take a
 NODELAY_CLASS_PATH = "jlabgw.node.gateway_ext.NoDelayChannelsConnection"
 _CONFIG_FILE = "kernel_gateway_config.json"  # the supervisor's name for it, in the work dir
 _CONNECTION_FILE = "connection.json"
+_CERT_FILE = "gateway-cert.pem"  # the supervisor's name for it, in the work dir
 
 
 def supervisor_script() -> Path:
@@ -150,7 +151,9 @@ class LocalBackend(Backend):
                 f"are installed in {sys.executable}."
             )
         register_secret(info.token)
-        endpoint = GatewayEndpoint(url=f"http://127.0.0.1:{info.port}", token=info.token)
+        endpoint = GatewayEndpoint(
+            url=f"{info.scheme}://127.0.0.1:{info.port}", token=info.token, cert=info.cert or None
+        )
         self._gateway_pid = info.gateway_pid
         self._start_seconds = time.monotonic() - t0
         self._started_at = time.time()
@@ -251,6 +254,9 @@ class LocalBackend(Backend):
                 # where the token is (0600), never the token itself
                 token_file=str(self._work_dir / _CONFIG_FILE)
                 if running and self._work_dir
+                else None,
+                cert_file=str(self._work_dir / _CERT_FILE)
+                if running and self._work_dir and self._endpoint and self._endpoint.cert
                 else None,
             ),
         )

@@ -21,6 +21,7 @@ class GatewayStatus:
     log: str | None = None
     token_file: str | None = None  # the 0600 file that holds the token
     token_host: str | None = None  # where token_file is: None for this machine
+    cert_file: str | None = None  # the gateway's pinned TLS certificate, on this machine
 
     def token_location(self) -> str | None:
         """``token_file``, with the host it is on when that is not this machine."""

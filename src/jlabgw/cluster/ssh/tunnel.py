@@ -63,12 +63,20 @@ class NodeTunnel:
         if ahead is not None:
             ahead.add_done_callback(_close_connection)
 
-    async def open(self, node: str, port: int, token: str) -> GatewayEndpoint:
-        """Forward a local port to ``127.0.0.1:port`` on ``node``; the endpoint through it."""
+    async def open(
+        self, node: str, port: int, token: str, cert: str | None = None
+    ) -> GatewayEndpoint:
+        """Forward a local port to ``127.0.0.1:port`` on ``node``; the endpoint through it
+        (https, pinned to ``cert``, when the gateway has one)."""
         check_node_name(node)  # before the current tunnel is given up for it
         await asyncio.to_thread(self.close)
         conn = await self._take_ahead(node)
-        return await asyncio.to_thread(self._forward, node, port, token, conn)
+        endpoint = await asyncio.to_thread(self._forward, node, port, token, conn)
+        if cert:  # TLS end to end through the tunnel: 127.0.0.1 is in the certificate
+            endpoint = GatewayEndpoint(
+                endpoint.url.replace("http://", "https://", 1), token, cert=cert
+            )
+        return endpoint
 
     async def _take_ahead(self, node: str) -> SSHConnection | None:
         """The connection made ahead, if it is to ``node``, else None."""
