@@ -68,6 +68,10 @@ class FakeLoginNode(Host):
                 job["state"], job["reason"] = self.timeline[min(n, len(self.timeline) - 1)]
             line = f"{job_id}|{job['state']}|{job['reason']}|node1|00:04:00|{job['name']}\n"
             return CommandResult(argv, 0, line, "")
+        if argv[:2] == ["rm", "-f"]:
+            for path in argv[2:]:
+                self.files.pop(path, None)
+            return CommandResult(argv, 0, "", "")
         if argv[0] == "sacct":
             return CommandResult(argv, 0, "", "")
         if argv[0] == "scancel":
@@ -122,7 +126,7 @@ def test_submit_writes_a_private_script_and_records_the_job(
     script, mode = host.files[f"{CONN_DIR}/nbjob.sbatch"]
     assert mode == 0o600
     assert b"#SBATCH --job-name=nbjob" in script
-    assert host.commands[-1] == [
+    assert host.commands[-2] == [
         "sbatch",
         "--parsable",
         f"--output={CONN_DIR}/jlabgw-%j.log",
@@ -243,3 +247,18 @@ def test_the_walltime_notice_comes_within_the_warning_time(
     notice = job.walltime_notice(5 * 60)
     assert notice is not None
     assert notice.startswith("batch job 100 reaches its walltime in about 4 min (00:04:00 left)")
+
+
+def test_a_stale_connection_file_of_a_reused_job_id_is_removed_at_submission(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Job ids come again (a reinstalled scheduler); a killed job leaves its connection file.
+    What an earlier job of the same id published must not be taken for the new gateway."""
+    host = FakeLoginNode()
+    publish(host, "100", port=1111)  # left by an earlier job 100
+    job = make_job(host, settings, tmp_path)
+    assert job.reuse_or_submit() == "100"
+    assert f"{CONN_DIR}/jlabgw-100.json" not in host.files
+    assert host.commands.index(["rm", "-f", f"{CONN_DIR}/jlabgw-100.json"]) > [
+        c[0] for c in host.commands
+    ].index("sbatch")

@@ -176,3 +176,22 @@ def _ed25519(tmp_path: Path) -> Path:
         )
     )
     return path
+
+
+def test_compute_nodes_get_the_login_nodes_user_unless_named(tmp_path: Path) -> None:
+    """JLABGW_SSH_HOST=alice@login: the cluster account is alice on its nodes too (as with
+    ``ssh -J alice@login node`` plus a config that says so); a User in ~/.ssh/config for the
+    node, or JLABGW_SSH_USER, still wins."""
+    from jlabgw.cluster.ssh.connection import SSHConnection
+    from tests.helpers import make_settings
+
+    config = tmp_path / "ssh_config"
+    config.write_text("Host c2\n  User bob\n")
+    settings = make_settings(tmp_path, ssh_host="alice@login:2222", ssh_config=str(config))
+    node = SSHConnection("c1", settings, port=22, jump=settings.ssh_host)
+    assert node.spec.user == "alice"
+    assert SSHConnection("c2", settings, port=22, jump=settings.ssh_host).spec.user == "bob"
+    named = make_settings(
+        tmp_path, ssh_host="alice@login:2222", ssh_user="carol", ssh_config=str(config)
+    )
+    assert SSHConnection("c1", named, port=22, jump=named.ssh_host).spec.user == "carol"

@@ -104,7 +104,12 @@ class BatchJob:
             script = self.files.script(name)
             rendered = self.scheduler.render(self._settings).encode()
             self.host.write_bytes(script, rendered, mode=0o600)
-            return self.scheduler.submit(script, self.files.log(self.scheduler.log_placeholder))
+            job_id = self.scheduler.submit(script, self.files.log(self.scheduler.log_placeholder))
+            # A job id can come again (a scheduler reinstalled, Grid Engine's ids wrap) and a
+            # killed job (qdel is SIGKILL) leaves its connection file: that one is not ours.
+            # The new job writes its own a second or more after it starts.
+            self.host.run(["rm", "-f", self.files.connection_file(job_id)], check=False)
+            return job_id
 
         job_id, reused = self.leases.acquire(usable, submit, self.where)
         if reused:

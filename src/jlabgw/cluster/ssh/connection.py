@@ -78,13 +78,18 @@ class SSHConnection:
         self._hop_specs: dict[str, HostSpec] = {}
         if jump:
             spec = dataclasses.replace(spec, proxy_jump=(jump,), proxy_command=None)
-            self._hop_specs[jump] = resolve_host(
+            hop = self._hop_specs[jump] = resolve_host(
                 jump,
                 self._config,
                 port=settings.ssh_port,
                 user=settings.ssh_user,
                 key=settings.ssh_key,
             )
+            # a cluster's accounts are the same on its login and compute nodes: the user of
+            # JLABGW_SSH_HOST=user@login goes to the nodes too, unless the config names one
+            configured = self._config.lookup(spec.alias).get("user")
+            if not (settings.ssh_user or "@" in target or configured):
+                spec = dataclasses.replace(spec, user=hop.user)
         self.spec = spec
         self._chain: list[paramiko.SSHClient] = []
         self._proxies: list[paramiko.ProxyCommand] = []
