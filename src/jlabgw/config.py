@@ -30,6 +30,7 @@ __all__ = [
     "Settings",
     "default_config_path",
     "load_settings",
+    "profile_settings",
     "resolve_settings",
 ]
 
@@ -349,6 +350,36 @@ def resolve_settings(
         ) from exc
     origins = {key: origin.get(key, "default") for key in fields}
     return Resolved(settings, origins, path, sorted(profiles))
+
+
+def profile_settings(
+    base: Settings, name: str, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """The settings of a session started on profile ``name`` of the config file (another
+    cluster, or another partition with its own defaults) by a server running with ``base``:
+    the profile's table wins over ``base`` for every key it sets, so an environment that
+    points the server at one cluster does not leak into another's profile; what the profile
+    does not set (notebook dir, state dir ...) is the server's."""
+    env = os.environ if environ is None else environ
+    path = default_config_path(env)
+    profiles = _read_toml(path, required=False).get("profiles", {})
+    if not isinstance(profiles, dict) or not isinstance(profiles.get(name), dict):
+        defined = ", ".join(sorted(profiles)) if isinstance(profiles, dict) else ""
+        raise ConfigError(
+            f"profile {name!r} is not defined in {path} (profiles there: {defined or 'none'}); "
+            f"add a [profiles.{name}] table to start sessions on it"
+        )
+    table = profiles[name]
+    _check_keys(f"config file {path} [profiles.{name}]", table, set(Settings.model_fields))
+    try:
+        return Settings(**{**base.model_dump(), **table, "profile": name})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        raise ConfigError(
+            f"invalid setting {key}={table.get(key, '<missing>')!r} in [profiles.{name}] of "
+            f"{path}: {_expected(key, err['msg'])}"
+        ) from exc
 
 
 def _expected(key: str, msg: str) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from jlabgw.config import profile_settings
 from jlabgw.errors import ConfigError
 from jlabgw.sessions.lanes import shape_of
 from tests.helpers import make_settings
@@ -79,3 +80,37 @@ def test_grid_engine_cpus_need_a_parallel_environment(tmp_path: Path) -> None:
 def test_the_local_backend_takes_no_resources(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="need a batch backend"):
         shape_of(make_settings(tmp_path), {"gpus": 1})
+
+
+@pytest.mark.anyio
+async def test_a_profile_is_a_lane_of_its_own_on_its_own_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """start_new_session(profile=...) (issue 15): the profile's table of the config file wins
+    over the server's settings (an environment aimed at one cluster does not leak into
+    another's profile); the rest is the server's; an unknown profile names the known ones."""
+    from jlabgw.cluster.backends.gridengine import GridEngineBackend
+    from jlabgw.sessions.lanes import Lanes
+    from tests.session_fakes import FakeBackend
+
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[profiles.ge]\nbackend = "gridengine"\nssh_host = "alice@ge-login"\n'
+        'ge_pe = "smp"\njob_name = "nb-ge"\n'
+        '[profiles.other]\nbackend = "slurm"\nssh_host = "bob@other"\n'
+    )
+    monkeypatch.setenv("JLABGW_CONFIG", str(config))
+    settings = make_settings(tmp_path, backend="slurm", ssh_host="me@main-login")
+    lanes = Lanes(settings, FakeBackend(), lambda: None)
+    assert await lanes.lane_for(None) == ""
+    assert await lanes.lane_for(None, "ge") == "@ge"
+    backend = lanes.backend("@ge")
+    assert isinstance(backend, GridEngineBackend)
+    ge = profile_settings(settings, "ge")
+    assert (ge.ssh_host, ge.ge_pe, ge.job_name) == ("alice@ge-login", "smp", "nb-ge")
+    assert ge.notebook_dir == settings.notebook_dir  # not in the profile: the server's
+    shaped = await lanes.lane_for({"cpus": 2, "gpus": None}, "ge")
+    assert shaped.startswith("@ge,cpus=2")
+    assert await lanes.lane_for(None, "ge") == "@ge"  # the same lane again
+    with pytest.raises(ConfigError, match=r"'nope' is not defined .*profiles there: ge, other"):
+        await lanes.lane_for(None, "nope")

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from jlabgw.cluster.backends import Backend, create_backend, scheduler_type
-from jlabgw.config import Settings
+from jlabgw.config import Settings, profile_settings
 from jlabgw.errors import ConfigError, JlabgwError
 from jlabgw.jupyter.rest import GatewayClient
 from jlabgw.progress import Progress
@@ -161,25 +161,37 @@ class Lanes:
     async def kernelspecs(self, lane: str = "") -> dict[str, Any]:
         return await self._lanes[lane].kernelspecs()
 
-    async def lane_for(self, resources: Mapping[str, Any] | None) -> str:
-        """The lane for a resource request, created (not started) if new."""
-        if not resources or all(v is None for v in resources.values()):
+    async def lane_for(
+        self, resources: Mapping[str, Any] | None, profile: str | None = None
+    ) -> str:
+        """The lane for a resource request on ``profile`` of the config file (another
+        cluster; None or the server's own: the configured one), created (not started) if new.
+        A profile's lane is ``@NAME``, a shape on it ``@NAME,partition=...``."""
+        base, prefix = self._settings, ""
+        if profile and profile != self._settings.profile:
+            base, prefix = profile_settings(self._settings, profile), f"@{profile}"
+        wanted = resources and any(v is not None for v in resources.values())
+        key, shaped = shape_of(base, resources) if wanted and resources else ("", base)
+        key = ",".join(k for k in (prefix, key) if k)
+        if not key:
             return ""
-        key, shaped = shape_of(self._settings, resources)
+        if prefix and shaped is base:  # the profile's own job: this server's, like a shape's
+            shaped = Settings.model_validate(
+                {**base.model_dump(), "keep_job": False, "eager_start": False}
+            )
         async with self._lock:
             if key not in self._lanes:
                 self._lanes[key] = Lane(create_backend(shaped), self._on_new_gateway)
-                log.info("new resource shape %s: job %s", key, shaped.job_name)
+                log.info("new lane %s: %s job %s", key, shaped.backend, shaped.job_name)
         return key
 
     def jobs(self, session_lanes: list[str]) -> list[LaneStatus]:
         """Each lane's job and how many sessions use it (``session_lanes``: one key per
-        session); nothing for a backend without resource shapes."""
-        if not self.backend().supports_resources:
-            return []
+        session); the batch lanes only (a local gateway has no job)."""
         return [
             LaneStatus(key or "default", lane.backend.describe().job, session_lanes.count(key))
             for key, lane in self._lanes.items()
+            if lane.backend.supports_resources
         ]
 
     async def aclose(self) -> None:
