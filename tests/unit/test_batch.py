@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from jlabgw.cluster.batch_script import package_source
 from jlabgw.cluster.slurm.batch import (
     PLACEHOLDERS,
-    _package_source,
     render_batch_script,
     sbatch_directives,
 )
@@ -23,7 +23,7 @@ GOLDEN = Path(__file__).parent.parent / "golden"
 def normalised(script: str) -> str:
     """The script with the embedded modules replaced by markers (they have their own tests)."""
     for module in ("gateway_ext.py", "job_supervisor.py"):
-        script = script.replace(_package_source(module), f"<embedded jlabgw/{module}>")
+        script = script.replace(package_source(module), f"<embedded jlabgw/{module}>")
     return script
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from jlabgw.cluster.batch_script import package_source
 from jlabgw.cluster.gridengine.batch import (
     PLACEHOLDERS,
     GridEngineOptions,
     ge_directives,
     render_batch_script,
 )
-from jlabgw.cluster.slurm.batch import _package_source
 from jlabgw.cluster.slurm.batch import render_batch_script as render_sbatch
 from jlabgw.errors import ConfigError
 from tests.helpers import make_settings
@@ -26,7 +26,7 @@ UPDATE = False  # True once to rewrite the golden files after a deliberate chang
 def normalised(script: str) -> str:
     """The script with the embedded modules replaced by markers (they have their own tests)."""
     for module in ("gateway_ext.py", "job_supervisor.py"):
-        script = script.replace(_package_source(module), f"<embedded jlabgw/{module}>")
+        script = script.replace(package_source(module), f"<embedded jlabgw/{module}>")
     return script
 
 
@@ -73,9 +73,7 @@ def test_same_job_code_as_the_sbatch_script(tmp_path: Path) -> None:
     slurm = normalised(render_sbatch(settings))
     tail = ge.split("set -eo pipefail", 1)[1]
     assert tail == slurm.split("set -eo pipefail", 1)[1].replace("SLURM_JOB_ID", "JOB_ID")
-    assert _package_source("job_supervisor.py") in render_batch_script(
-        settings, GridEngineOptions()
-    )
+    assert package_source("job_supervisor.py") in render_batch_script(settings, GridEngineOptions())
 
 
 @pytest.mark.parametrize(

@@ -151,6 +151,34 @@ class Scheduler(abc.ABC):
     def running(self) -> list[JobStatus]:
         """Every running job of ours (any name)."""
 
+    def _commands_answer(self, commands: tuple[str, ...], flag: str, fix: str) -> str:
+        """Run ``COMMAND FLAG`` for each command (its version or help); the first line the
+        first one printed. :class:`ProbeFailed` with ``fix`` when one fails."""
+        first = ""
+        for command in commands:
+            result = self.host.run([command, flag], check=False, timeout=60)
+            lines = (result.stdout or result.stderr).strip().splitlines()
+            if result.returncode != 0 or not lines:
+                raise ProbeFailed(
+                    f"`{command} {flag}` failed on {self.host.where} (exit "
+                    f"{result.returncode}): {(result.stderr or result.stdout).strip()[:300]}",
+                    fix,
+                )
+            first = first or lines[0].strip()
+        return first
+
+    def _queue_answers(self, shell: str, daemon: str, fix: str) -> str:
+        """Run the queue listing ``shell`` (sh -c); its output. :class:`ProbeFailed` naming
+        ``daemon`` with ``fix`` when the controller cannot be reached."""
+        result = self.host.run(["sh", "-c", shell], check=False, timeout=60)
+        if result.returncode != 0:
+            raise ProbeFailed(
+                f"{shell.split()[0]} cannot reach the {daemon} from {self.host.where}: "
+                f"{(result.stderr or result.stdout).strip()[:300]}",
+                fix,
+            )
+        return result.stdout
+
     def first_node(self, nodes: str) -> str:
         """The first host of a job's node list ("" if none)."""
         return nodes.split(",", 1)[0].strip()

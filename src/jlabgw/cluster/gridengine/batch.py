@@ -16,14 +16,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
-from jlabgw.cluster.slurm.batch import (
-    _PLACEHOLDER,
-    _connection_dir,
-    _package_source,
-)
+from jlabgw.cluster.batch_script import render, shipped_template
 from jlabgw.config import Settings
 from jlabgw.errors import ConfigError
 
@@ -116,10 +110,7 @@ def ge_directives(settings: Settings, options: GridEngineOptions) -> list[str]:
 
 def default_template() -> str:
     """The built-in template: shipped in the wheel, or read from the source checkout."""
-    shipped = resources.files("jlabgw") / "batch_templates" / "gridengine.sh"
-    if shipped.is_file():
-        return shipped.read_text()
-    return (Path(__file__).resolve().parents[4] / "batch_templates" / "gridengine.sh").read_text()
+    return shipped_template("gridengine.sh")
 
 
 def render_batch_script(
@@ -129,22 +120,5 @@ def render_batch_script(
     one)."""
     if template is None:
         template = default_template()
-    values = {
-        "ge_directives": "\n".join(ge_directives(settings, options)),
-        "remote_setup": settings.remote_setup,
-        "connection_dir": _connection_dir(settings.connection_dir),
-        "kernel_idle": str(settings.kernel_idle_timeout),
-        "job_idle": str(settings.job_idle_timeout),
-        "nodelay_module": _package_source("gateway_ext.py"),
-        "supervisor": _package_source("job_supervisor.py"),
-    }
-    unknown = sorted({m.group(1) for m in _PLACEHOLDER.finditer(template)} - set(values))
-    if unknown:
-        raise ConfigError(
-            f"unknown placeholder(s) {', '.join('{{' + u + '}}' for u in unknown)} in the "
-            f"Grid Engine job template; valid: {', '.join('{{' + p + '}}' for p in PLACEHOLDERS)}"
-        )
-    for name in ("nodelay_module", "supervisor"):
-        if re.search(r"^JLABGW_\w+_EOF$", values[name], re.MULTILINE):
-            raise AssertionError(f"{name} contains a heredoc terminator")
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    directives = ("ge_directives", ge_directives(settings, options))
+    return render(settings, template, directives, "Grid Engine job template")

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from jlabgw.cluster.gridengine.batch import GridEngineOptions, ge_directives, render_batch_script
 from jlabgw.cluster.gridengine.client import GridEngineClient, hopeless_reason
 from jlabgw.cluster.host import Host
-from jlabgw.cluster.scheduler import JobStatus, ProbeFailed, Scheduler
+from jlabgw.cluster.scheduler import JobStatus, Scheduler
 from jlabgw.config import Settings
 from jlabgw.errors import ConfigError
 
@@ -96,30 +96,21 @@ class GridEngineScheduler(Scheduler):
         return hopeless_reason(status)
 
     def probe(self) -> str:
-        host = self.host
-        version = ""
-        for command in ("qsub", "qstat", "qdel"):
-            # Grid Engine's commands have no --version: -help prints it first ("SGE 8.1.9")
-            result = host.run([command, "-help"], check=False, timeout=60)
-            first = (result.stdout or result.stderr).strip().splitlines()
-            if result.returncode != 0 or not first:
-                raise ProbeFailed(
-                    f"`{command} -help` failed on {host.where} (exit {result.returncode}): "
-                    f"{(result.stderr or result.stdout).strip()[:300]}",
-                    "Grid Engine's commands must be on the PATH of a non-interactive shell "
-                    "there, with SGE_ROOT and SGE_CELL set (source the cell's settings.sh from "
-                    "~/.bashrc, before its 'not interactive' return), or ask the site",
-                )
-            version = version or first[0].strip()
-        queue = host.run(["sh", "-c", 'qstat -u "$(id -un)"'], check=False, timeout=60)
-        if queue.returncode != 0:
-            raise ProbeFailed(
-                f"qstat cannot reach the qmaster from {host.where}: "
-                f"{(queue.stderr or queue.stdout).strip()[:300]}",
-                "check that sge_qmaster is up and SGE_ROOT/SGE_CELL point at its cell there",
-            )
-        jobs = max(len(queue.stdout.strip().splitlines()) - 2, 0)  # two header lines
-        return f"{version} on {host.where}; qstat answers ({jobs} job(s) of yours)"
+        # Grid Engine's commands have no --version: -help prints it first ("SGE 8.1.9")
+        version = self._commands_answer(
+            ("qsub", "qstat", "qdel"),
+            "-help",
+            "Grid Engine's commands must be on the PATH of a non-interactive shell there, "
+            "with SGE_ROOT and SGE_CELL set (source the cell's settings.sh from ~/.bashrc, "
+            "before its 'not interactive' return), or ask the site",
+        )
+        queue = self._queue_answers(
+            'qstat -u "$(id -un)"',
+            "qmaster",
+            "check that sge_qmaster is up and SGE_ROOT/SGE_CELL point at its cell there",
+        )
+        jobs = max(len(queue.strip().splitlines()) - 2, 0)  # two header lines
+        return f"{version} on {self.host.where}; qstat answers ({jobs} job(s) of yours)"
 
     def directives(self, settings: Settings) -> list[str]:
         return [

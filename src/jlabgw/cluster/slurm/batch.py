@@ -11,10 +11,8 @@ cluster needs Kernel Gateway and ipykernel but not jlabgw.
 from __future__ import annotations
 
 import re
-import shlex
-from importlib import resources
-from pathlib import Path
 
+from jlabgw.cluster.batch_script import quote, render, shipped_template
 from jlabgw.config import Settings
 from jlabgw.errors import ConfigError
 
@@ -29,8 +27,6 @@ PLACEHOLDERS = (
     "nodelay_module",
     "supervisor",
 )
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EXTRA_LINE = re.compile(r"^#SBATCH\s+-{1,2}[A-Za-z]")
 
 # (sbatch option, settings field) in the order they are written
@@ -49,15 +45,6 @@ _DIRECTIVES = (
 )
 
 
-def _quote(name: str, value: str) -> str:
-    if _CONTROL.search(value):
-        raise ConfigError(
-            f"{name}={value!r} contains a control character (newline, tab ...); "
-            "batch script values must be single-line"
-        )
-    return shlex.quote(value)
-
-
 def sbatch_directives(settings: Settings) -> list[str]:
     """``#SBATCH`` lines in a fixed order; empty settings are left out."""
     lines = []
@@ -66,7 +53,7 @@ def sbatch_directives(settings: Settings) -> list[str]:
         if value == "":
             continue
         env_name = f"JLABGW_{(field or option).upper()}"
-        lines.append(f"#SBATCH --{option}={_quote(env_name, value)}")
+        lines.append(f"#SBATCH --{option}={quote(env_name, value)}")
     for raw in settings.slurm_extra.splitlines():
         line = raw.strip()
         if not line:
@@ -77,25 +64,9 @@ def sbatch_directives(settings: Settings) -> list[str]:
     return lines
 
 
-def _connection_dir(value: str) -> str:
-    """Quoted for bash; a leading ``~/`` becomes ``"$HOME"/...`` so it still expands."""
-    if value == "~":
-        return '"$HOME"'
-    if value.startswith("~/"):
-        return '"$HOME"/' + _quote("JLABGW_CONNECTION_DIR", value[2:])
-    return _quote("JLABGW_CONNECTION_DIR", value)
-
-
-def _package_source(module: str) -> str:
-    return (resources.files("jlabgw.node") / module).read_text()
-
-
 def default_template() -> str:
     """The built-in template: shipped in the wheel, or read from the source checkout."""
-    shipped = resources.files("jlabgw") / "batch_templates" / "slurm.sbatch"
-    if shipped.is_file():
-        return shipped.read_text()
-    return (Path(__file__).resolve().parents[4] / "batch_templates" / "slurm.sbatch").read_text()
+    return shipped_template("slurm.sbatch")
 
 
 def render_batch_script(settings: Settings, template: str | None = None) -> str:
@@ -110,22 +81,5 @@ def render_batch_script(settings: Settings, template: str | None = None) -> str:
                 ) from exc
         else:
             template = default_template()
-    values = {
-        "sbatch_directives": "\n".join(sbatch_directives(settings)),
-        "remote_setup": settings.remote_setup,
-        "connection_dir": _connection_dir(settings.connection_dir),
-        "kernel_idle": str(settings.kernel_idle_timeout),
-        "job_idle": str(settings.job_idle_timeout),
-        "nodelay_module": _package_source("gateway_ext.py"),
-        "supervisor": _package_source("job_supervisor.py"),
-    }
-    unknown = sorted({m.group(1) for m in _PLACEHOLDER.finditer(template)} - set(values))
-    if unknown:
-        raise ConfigError(
-            f"unknown placeholder(s) {', '.join('{{' + u + '}}' for u in unknown)} in the "
-            f"batch template; valid: {', '.join('{{' + p + '}}' for p in PLACEHOLDERS)}"
-        )
-    for name in ("nodelay_module", "supervisor"):
-        if re.search(r"^JLABGW_\w+_EOF$", values[name], re.MULTILINE):
-            raise AssertionError(f"{name} contains a heredoc terminator")
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    directives = ("sbatch_directives", sbatch_directives(settings))
+    return render(settings, template, directives, "batch template")

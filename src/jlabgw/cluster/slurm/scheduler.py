@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from jlabgw.cluster.host import Host
-from jlabgw.cluster.scheduler import JobStatus, ProbeFailed, Scheduler
+from jlabgw.cluster.scheduler import JobStatus, Scheduler
 from jlabgw.cluster.slurm.batch import render_batch_script, sbatch_directives
 from jlabgw.cluster.slurm.client import SlurmClient, hopeless_reason
 from jlabgw.config import Settings
@@ -56,28 +56,20 @@ class SlurmScheduler(Scheduler):
         return hopeless_reason(status)
 
     def probe(self) -> str:
-        host = self.host
-        versions = []
-        for command in ("sbatch", "squeue", "scancel"):
-            result = host.run([command, "--version"], check=False, timeout=60)
-            if result.returncode != 0:
-                raise ProbeFailed(
-                    f"`{command} --version` failed on {host.where} (exit {result.returncode}): "
-                    f"{(result.stderr or result.stdout).strip()[:300]}",
-                    "SLURM's commands must be on the PATH of a non-interactive shell there: "
-                    "load their module from ~/.bashrc (before its 'not interactive' return), or "
-                    "ask the site where they are",
-                )
-            versions.append(result.stdout.strip())
-        queue = host.run(["sh", "-c", 'squeue -h -u "$(id -un)" -o %i'], check=False, timeout=60)
-        if queue.returncode != 0:
-            raise ProbeFailed(
-                f"squeue cannot reach the controller from {host.where}: "
-                f"{queue.stderr.strip()[:300]}",
-                "check that slurmctld is up and SLURM_CONF (if the site uses one) is set there",
-            )
-        jobs = len(queue.stdout.split())
-        return f"{versions[0]} on {host.where}; squeue answers ({jobs} job(s) of yours)"
+        version = self._commands_answer(
+            ("sbatch", "squeue", "scancel"),
+            "--version",
+            "SLURM's commands must be on the PATH of a non-interactive shell there: load their "
+            "module from ~/.bashrc (before its 'not interactive' return), or ask the site "
+            "where they are",
+        )
+        queue = self._queue_answers(
+            'squeue -h -u "$(id -un)" -o %i',
+            "controller",
+            "check that slurmctld is up and SLURM_CONF (if the site uses one) is set there",
+        )
+        jobs = len(queue.split())
+        return f"{version} on {self.host.where}; squeue answers ({jobs} job(s) of yours)"
 
     def directives(self, settings: Settings) -> list[str]:
         return [line.removeprefix("#SBATCH ") for line in sbatch_directives(settings)]
