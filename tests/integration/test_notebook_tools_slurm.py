@@ -1,0 +1,99 @@
+"""The notebook tools on the slurm backend (a real SLURM, the node reached through the test
+sshd), over MCP stdio: check_resources answered on the job's node by a throwaway kernel that
+is gone afterwards, with the job's id and time left; execute_scratch in a throwaway kernel on
+the job; start_notebook and read_notebook; and the file transfers' refusal (SFTP is not built
+yet)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from tests.helpers import gateway_base
+from tests.mcp_client import call, new_session, serve, status, text_of
+from tests.slurm import SlurmCluster, slurm_env
+from tests.sshd import SSHDServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+
+
+async def job_kernels(tmp_path: Path, job_id: str) -> set[str]:
+    """Kernel ids the job's gateway lists, through its published connection file."""
+    conn = tmp_path / "home" / ".jlabgw" / "connections" / f"jlabgw-{job_id}.json"
+    info = json.loads(conn.read_text())
+    base, verify = gateway_base(info)
+    async with httpx.AsyncClient(verify=verify) as http:
+        reply = await http.get(
+            f"{base}/api/kernels", headers={"Authorization": f"token {info['token']}"}, timeout=10
+        )
+    reply.raise_for_status()
+    return {k["id"] for k in reply.json()}
+
+
+async def test_notebook_tools_on_a_slurm_job(
+    tmp_path: Path, slurm: SlurmCluster, sshd: SSHDServer
+) -> None:
+    env = slurm_env(
+        tmp_path,
+        slurm,
+        sshd,
+        JLABGW_JOB_NAME="jlabgw-tools",
+        JLABGW_EXEC_WAIT="20",
+        JLABGW_SPARE_KERNEL="false",  # the gateway's kernels: the session's, and probes
+    )
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            sid = await new_session(client, "tools on slurm")
+            where = await call(
+                client, "execute_code", session_id=sid, code="import socket\nsocket.gethostname()"
+            )
+            node_host = text_of(where).strip().strip("'")
+            job = (await status(client))["job"]
+            before = await job_kernels(tmp_path, job["id"])
+            assert before == {(await status(client))["sessions"][0]["kernel_id"]}
+
+            result = await call(client, "check_resources", session_id=sid)
+            assert not result.is_error, text_of(result)
+            info = result.structured_content
+            assert info["backend"] == "slurm"
+            assert info["asked"] == "a throwaway kernel on the job's node, shut down after"
+            assert info["host"] == node_host
+            assert info["job"]["id"] == job["id"]
+            assert info["job"]["state"] == "RUNNING"
+            assert info["job"]["seconds_left"] is not None
+            assert 0 < info["job"]["seconds_left"] <= 600
+            assert info["cpus"]["count"] >= 1
+            assert info["memory"]["total_gib"] > 0
+            assert info["disk"]["free_gib"] > 0
+            for _ in range(100):  # the probe's kernel is shut down after it answered
+                if await job_kernels(tmp_path, job["id"]) <= before:
+                    break
+                await anyio.sleep(0.1)
+            assert await job_kernels(tmp_path, job["id"]) <= before
+
+            scratch = await call(
+                client, "execute_scratch", code="import socket\nsocket.gethostname()"
+            )
+            assert not scratch.is_error, text_of(scratch)
+            assert node_host in text_of(scratch)
+            assert "throwaway kernel, now shut down" in text_of(scratch)
+
+            await call(
+                client, "add_markdown", session_id=sid, markdown="# on the cluster", cell_index=0
+            )
+            page = await call(client, "read_notebook", session_id=sid)
+            assert "--- cell 0 (markdown) ---\n# on the cluster\n" in text_of(page)
+            assert "--- cell 1 (code, [1]) ---" in text_of(page)
+            again = await call(client, "start_notebook", notebook_path="tools_on_slurm.ipynb")
+            assert again.structured_content["session_id"] == sid
+
+            (tmp_path / "notebooks" / "in.txt").write_text("x")
+            refused = await call(
+                client, "upload_file", session_id=sid, local_path="in.txt", remote_path="in.txt"
+            )
+            assert refused.is_error
+            assert "local backend only for now (this session runs on slurm" in text_of(refused)
