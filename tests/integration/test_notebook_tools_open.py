@@ -166,6 +166,8 @@ async def test_list_notebooks_says_who_holds_each(
     saved_notebook(server.notebooks / "deep" / "free.ipynb")
     saved_notebook(server.notebooks / "elsewhere.ipynb")
     saved_notebook(server.notebooks / ".ipynb_checkpoints" / "free-checkpoint.ipynb")
+    saved_notebook(server.root / "outside.ipynb")
+    (server.notebooks / "link.ipynb").symlink_to(server.root / "outside.ipynb")
     theirs = NotebookHolds(server.root / "state" / "notebooks.json", owner_of(other_server.pid))
     theirs.take((server.notebooks / "elsewhere.ipynb").resolve(), "0123456789ab")
     try:
@@ -175,6 +177,7 @@ async def test_list_notebooks_says_who_holds_each(
         assert "deep/free.ipynb" in by_path
         assert "listed.ipynb" in by_path
         assert not [p for p in by_path if "checkpoint" in p]
+        assert "link.ipynb" not in by_path  # a link out of the notebook dir is not read
         free = by_path["deep/free.ipynb"]
         assert free["cells"] == 3
         assert free["size"] == (server.notebooks / "deep" / "free.ipynb").stat().st_size

@@ -103,7 +103,11 @@ class Notebooks:
         found: list[Path] = []
         for folder, dirs, files in os.walk(root):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            found += [Path(folder) / f for f in sorted(files) if f.endswith(".ipynb")]
+            found += [
+                Path(folder) / f
+                for f in sorted(files)
+                if f.endswith(".ipynb") and (Path(folder) / f).resolve().is_relative_to(root)
+            ]  # a link to a file outside the notebook directory is not read
             if len(found) >= _MAX_LISTED:
                 log.warning("list_notebooks: more than %d notebooks; listing those", _MAX_LISTED)
                 break
