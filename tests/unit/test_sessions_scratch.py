@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from jlabgw.errors import SessionBusyError
+from jlabgw.errors import SessionBusyError, SessionLostError
 from jlabgw.notebook.text import outputs_to_text
 from jlabgw.progress import no_progress
 from jlabgw.sessions.manager import SessionManager
@@ -63,3 +63,17 @@ async def test_a_scratch_run_in_a_session_records_nothing(
     assert end.notebook_path.name == "scratch (not recorded)"
     assert [c.source for c in session.doc.nb.cells] == ["= 1"]
     assert any("no longer reproduces" in w for w in running.warnings)
+
+
+async def test_a_lost_gateway_during_a_scratch_run_loses_the_session_naming_its_notebook(
+    manager: SessionManager, gateway: FakeGateway
+) -> None:
+    sid = (await manager.start_new("host"))["session_id"]
+    session = manager.get(sid)
+    gateway.lost_reason = "the batch job ended"
+    with pytest.raises(
+        SessionLostError, match=rf"the batch job ended.*notebook_path='{session.doc.path.name}'"
+    ):
+        await manager.scratch.in_session(session, "= 1", no_progress, wait=5, cell_timeout=None)
+    with pytest.raises(SessionLostError, match="start_session_resume_notebook"):
+        manager.get(sid)

@@ -105,7 +105,7 @@ class SessionManager:
         self._opening = Opening(
             self._pool, self._starter, self._sessions, self.writer, settings, self._changed
         )
-        self.scratch = Scratch(self._pool, self._starter, self._runner)
+        self.scratch = Scratch(self._pool, self._starter, self._runner, self._lost)
         self.resources = Resources(self._lanes, self.scratch, settings.notebook_dir)
         self.transfers = Transfers(settings, self._lanes, self._sessions)
         self.notebooks = Notebooks(

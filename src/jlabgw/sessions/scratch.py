@@ -16,7 +16,9 @@ import dataclasses
 import logging
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
+from jlabgw.errors import SessionLostError
 from jlabgw.notebook.document import NotebookDoc
 from jlabgw.notebook.recorder import DisplayIndex
 from jlabgw.progress import Progress
@@ -37,7 +39,16 @@ _NAME = "scratch (not recorded)"
 class Scratch:
     """Scratch runs for :class:`~.manager.SessionManager`, on its pool, starter and runner."""
 
-    def __init__(self, pool: SparePool, starter: KernelStarter, runner: Runner) -> None:
+    def __init__(
+        self,
+        pool: SparePool,
+        starter: KernelStarter,
+        runner: Runner,
+        on_lost: Callable[[Session, str], Awaitable[None]],
+    ) -> None:
+        """``on_lost(session, why)``: a session's gateway turned out to be gone for good
+        during a scratch run in its kernel (the manager's, as the runner's)."""
+        self._on_lost = on_lost
         self._pool = pool
         self._starter = starter
         self._runner = runner
@@ -63,9 +74,14 @@ class Scratch:
         shadow = dataclasses.replace(
             session, doc=NotebookDoc.in_memory(_NAME), displays=DisplayIndex()
         )  # the same kernel, lock and runs: get_execution(session_id) follows it
-        result = await self._runner.run(
-            shadow, None, code, progress, wait=wait, cell_timeout=cell_timeout
-        )
+        try:
+            result = await self._runner.run(
+                shadow, None, code, progress, wait=wait, cell_timeout=cell_timeout
+            )
+        except SessionLostError:  # said of the stand-in: the session is lost, and its notebook
+            why = await session.conn.gateway_lost() or "its gateway is gone"  # the kept answer
+            await self._on_lost(session, why)
+            raise SessionLostError(session.lost_message(why)) from None
         result.warnings.append(
             f"scratch: this ran in session {session.id}'s kernel but is not recorded in "
             f"{session.doc.path.name}; if it changed variables, imports or files the notebook "
