@@ -224,3 +224,62 @@ async def test_a_resource_shape_is_a_grid_engine_job_of_its_own(
             assert "h_vmem=1G" in details
             assert "smp range: 2" in details
     assert wait_until(lambda: qstat_state(gridengine, job_id) == "", timeout=60)
+
+
+async def test_one_server_two_clusters_slurm_and_grid_engine(
+    tmp_path: Path,
+    slurm: Any,
+    login_node: SSHDServer,
+    gridengine: GridEngineCluster,
+    ge_login: SSHDServer,
+) -> None:
+    """start_new_session(profile=...) (issue 15): the server's own cluster is the test SLURM;
+    [profiles.ge] of the config file is the Grid Engine one, with its own login node, SSH
+    connection, job and tunnel. Sessions on both at once; list_sessions and status say which
+    cluster each is on; an unknown profile is refused naming the defined ones."""
+    from tests.slurm import login_env
+
+    ge = ge_env(tmp_path, ge_login)
+    config = tmp_path / "clusters.toml"
+    config.write_text(
+        "[profiles.ge]\n"
+        'backend = "gridengine"\n'
+        f'ssh_host = "{ge_login.host}"\n'
+        f"ssh_port = {ge_login.port}\n"
+        f'ssh_user = "{ge_login.user}"\n'
+        f'ssh_key = "{ge_login.client_key}"\n'
+        f'known_hosts = "{ge_login.known_hosts}"\n'
+        f"compute_ssh_port = {ge_login.port}\n"
+        f'remote_setup = "{ge["JLABGW_REMOTE_SETUP"]}"\n'
+        'ge_h_rt = "0:10:00"\n'
+        'job_name = "jlabgw-two-ge"\n'
+    )
+    env = login_env(tmp_path, login_node, JLABGW_JOB_NAME="jlabgw-two-slurm")
+    env["JLABGW_CONFIG"] = str(config)
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            on_slurm = await new_session(client, "on slurm")
+            started = await call(client, "start_new_session", experiment_name="on ge", profile="ge")
+            assert not started.is_error, text_of(started)
+            info = started.structured_content
+            assert (info["backend"], info["cluster"]) == ("gridengine", "ge")
+            on_ge = info["session_id"]
+            assert await run(client, on_slurm, "import os; 'SLURM_JOB_ID' in os.environ") == (
+                "True\n"
+            )
+            assert await run(client, on_ge, "import os; 'SGE_ROOT' in os.environ") == "True\n"
+
+            listed = {s["session_id"]: s for s in (await status(client))["sessions"]}
+            assert listed[on_slurm]["cluster"] == "default"
+            assert listed[on_ge]["cluster"] == "ge"
+            jobs = {j["resources"]: j for j in (await status(client))["jobs"]}
+            assert set(jobs) == {"default", "@ge"}
+            ge_job = jobs["@ge"]["id"]
+            assert qstat_state(gridengine, ge_job) == "r"
+
+            refused = await call(client, "start_new_session", experiment_name="x", profile="nope")
+            assert refused.is_error
+            assert "'nope' is not defined" in text_of(refused)
+            assert "profiles there: ge" in text_of(refused)
+    # the server's exit ends both clusters' jobs
+    assert wait_until(lambda: qstat_state(gridengine, ge_job) == "", timeout=60)

@@ -65,7 +65,8 @@ def _print_state(state: ServerState) -> None:
     print(f"  notebooks: {status.notebook_dir}")
     print(f"  sessions: {len(status.sessions)}")
     for s in status.sessions:
-        print(f"    {s.session_id}  {s.state:<5}  {s.cells:>4} cells  {s.notebook_path}")
+        where = f"  [{s.cluster}]" if s.cluster != "default" else ""
+        print(f"    {s.session_id}  {s.state:<5}  {s.cells:>4} cells  {s.notebook_path}{where}")
 
 
 def stop(settings: Settings, only_pid: int | None, every: bool = False) -> int:

@@ -83,18 +83,31 @@ async def start_new_session(
     cpus: Annotated[int | None, Field(description="CPUs for the job (e.g. 8).", ge=1)] = None,
     mem: Annotated[str | None, Field(description="Memory for the job (e.g. 64G).")] = None,
     time: Annotated[str | None, Field(description="Walltime for the job (e.g. 04:00:00).")] = None,
+    profile: Annotated[
+        str | None,
+        Field(
+            description="Another cluster (or partition set-up): a [profiles.NAME] of the "
+            "config file (default: the server's own)."
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Start a new kernel and a new, empty notebook for it. Use this first.
 
     Returns session_id (pass it to every other tool), notebook_path, kernel_id and backend.
-    On a cluster (slurm backend), partition/gpus/cpus/mem/time ask for a job of that shape:
-    sessions asking for the same resources share one job, a new shape submits its own (it
-    may wait in the queue; progress says why). Leave them out for the configured job.
+    On a cluster (slurm, gridengine), partition/gpus/cpus/mem/time ask for a job of that
+    shape: sessions asking for the same resources share one job, a new shape submits its own
+    (it may wait in the queue; progress says why). Leave them out for the configured job.
+    profile starts the session on another cluster of the config file (its own SSH, job and
+    tunnel); list_sessions shows each session's cluster.
     To pick up earlier work instead, use start_session_resume_notebook.
     """
     resources = {"partition": partition, "gpus": gpus, "cpus": cpus, "mem": mem, "time": time}
     return await _sessions(ctx).start_new(
-        experiment_name, _progress(ctx), kernel_name=kernel_name, resources=resources
+        experiment_name,
+        _progress(ctx),
+        kernel_name=kernel_name,
+        resources=resources,
+        profile=profile,
     )
 
 

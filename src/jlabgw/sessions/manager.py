@@ -203,16 +203,17 @@ class SessionManager:
         notebook_path: str | None = None,
         kernel_name: str | None = None,
         resources: dict[str, Any] | None = None,
+        profile: str | None = None,
     ) -> dict[str, Any]:
         """New kernel (``kernel_name``, default JLABGW_KERNEL_NAME) and a new notebook named
-        after the experiment.
+        after the experiment; on ``profile`` of the config file (another cluster) if given.
 
         With ``notebook_path`` (CLI ``run --notebook``): append to that notebook if it exists
         (nothing in it is re-run), else create it. ``resources`` (partition, gpus, cpus, mem,
         time) puts the kernel on a job of that shape, shared with other sessions asking for
         the same, submitted if there is none yet.
         """
-        lane = await self._lanes.lane_for(resources)
+        lane = await self._lanes.lane_for(resources, profile)
         path = None
         if notebook_path is not None:
             path = resolve_notebook_path(
@@ -226,7 +227,7 @@ class SessionManager:
             lambda started: self._opening.open_or_create(path, experiment_name, started.metadata),
         )
         session = await self._opening.register(experiment_name, started, doc, lane)
-        return session.info(self.backend.name)
+        return session.info(self._lanes.backend(lane).name)
 
     async def resume(
         self,

@@ -87,8 +87,21 @@ class Session:
             created_at=self.created_at,
             start_seconds=self.start_seconds,
             notebook_write_error=self.doc.write_error or self.doc.conflict,
-            resources=self.lane or "default",
+            resources=self.shape or "default",
+            cluster=self.cluster,
         )
+
+    @property
+    def cluster(self) -> str:
+        """The config file's profile the session runs on ("default": the server's own)."""
+        head = self.lane.split(",", 1)[0]
+        return head[1:] if head.startswith("@") else "default"
+
+    @property
+    def shape(self) -> str:
+        """The resource shape of its job ("" for the cluster's configured job)."""
+        parts = self.lane.split(",")
+        return ",".join(p for p in parts if p and not p.startswith("@"))
 
     def record(self) -> dict[str, Any]:
         """The registry's record: enough to reconnect to the kernel and to the running cell."""
@@ -150,7 +163,8 @@ class Session:
             "kernel_id": self.kernel_id,
             "kernel_name": self.kernel_name,
             "backend": backend,
-            **({"resources": self.lane} if self.lane else {}),
+            **({"resources": self.shape} if self.shape else {}),
+            **({"cluster": self.cluster} if self.cluster != "default" else {}),
             **extra,
         }
 

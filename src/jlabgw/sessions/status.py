@@ -25,6 +25,7 @@ class SessionStatus:
     start_seconds: dict[str, float] = field(default_factory=dict)
     notebook_write_error: str | None = None
     resources: str = "default"
+    cluster: str = "default"  # the config file's profile it runs on (default: the server's)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
