@@ -21,7 +21,10 @@ laptop) with the topology's config, sbatch over SSH on the login node (its own n
 job on compute node c1 or c2, the tunnel through the login node as a jump host (two SSH hops
 over veth links). The topology is brought up before the runs and down after them, and only if
 nobody else's is up (``--wait-topology SECONDS`` waits for that, checking every 30 s).
-Usage: python benchmarks/coldstart.py [--cold 5] [--warm 20] [--backend slurm|local]
+``--backend gridengine`` runs the same on a real one-host Grid Engine (tests/gridengine.py,
+after tests/cluster/setup-gridengine.sh): qsub over SSH to a login sshd as the test user.
+
+Usage: python benchmarks/coldstart.py [--cold 5] [--warm 20] [--backend slurm|local|gridengine]
                                       [--submit ssh|local] [--topology] [--json]
 """
 
@@ -46,6 +49,8 @@ REPO = Path(__file__).resolve().parent.parent  # for tests.slurm / tests.sshd
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 JOB_VENV = Path(os.environ.get("JLABGW_TEST_JOB_VENV", "/opt/jlabgw-test/job-venv"))
+ONES = 50  # 1+1 round trips on a warm session, after the warm starts
+ONE_PLUS_ONE: list[float] = []
 
 
 def server_env(workdir: Path, sshd: Any, slurm: Any, submit: str) -> dict[str, str]:
@@ -180,6 +185,12 @@ async def warm_runs(env: dict[str, str], n: int, pause: float = 1.0) -> list[flo
             assert not started.is_error, started
             sid = started.structured_content["session_id"]
             await client.call_tool("shutdown_session", {"session_id": sid})
+        # and 1+1 on a warm session, as latency.py's "execute_code over MCP stdio" path
+        sid = first.structured_content["session_id"]
+        for _ in range(ONES):
+            t0 = time.perf_counter()
+            await client.call_tool("execute_code", {"session_id": sid, "code": "1+1"})
+            ONE_PLUS_ONE.append(time.perf_counter() - t0)
     return samples
 
 
@@ -192,7 +203,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cold", type=int, default=5, help="cold starts (default 5)")
     parser.add_argument("--warm", type=int, default=20, help="warm session starts (default 20)")
-    parser.add_argument("--backend", choices=("slurm", "local"), default="slurm")
+    parser.add_argument("--backend", choices=("slurm", "local", "gridengine"), default="slurm")
     parser.add_argument(
         "--submit", choices=("ssh", "local"), default="ssh", help="slurm: sbatch over SSH or here"
     )
@@ -214,6 +225,10 @@ async def main() -> None:
 
     if args.backend == "local":
         cold, warm = await local_runs(args.cold, args.warm)
+        report(args, cold, warm)
+        return
+    if args.backend == "gridengine":
+        cold, warm = await gridengine_runs(args.cold, args.warm)
         report(args, cold, warm)
         return
     if args.topology:
@@ -267,6 +282,55 @@ async def topology_runs(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+async def gridengine_runs(n_cold: int, n_warm: int) -> tuple[list[dict[str, float]], list[float]]:
+    """The same on a real one-host Grid Engine, qsub over SSH to a login sshd."""
+    from tests.gridengine import running_cluster
+    from tests.gridengine import unavailable_reason as ge_reason
+    from tests.sshd import SSHDServer
+
+    reason = ge_reason()
+    if reason:
+        raise SystemExit(f"Grid Engine cannot run here: {reason}")
+    workdir = Path(tempfile.mkdtemp(prefix="jlabgw-coldstart-"))
+    try:
+        with running_cluster() as ge:
+            login = SSHDServer(workdir / "login", set_env=ge.client_env)
+            login.root.mkdir()
+            login.setup()
+            login.start()
+            try:
+                (workdir / "home").mkdir()
+                (workdir / "empty.toml").touch()
+                env = {
+                    "PATH": os.environ.get("PATH", ""),
+                    "HOME": str(workdir / "home"),
+                    "JLABGW_CONFIG": str(workdir / "empty.toml"),
+                    "JLABGW_STATE_DIR": str(workdir / "state"),
+                    "JLABGW_NOTEBOOK_DIR": str(workdir / "notebooks"),
+                    "JLABGW_LOG_LEVEL": "WARNING",
+                    "JLABGW_BACKEND": "gridengine",
+                    "JLABGW_SSH_HOST": login.host,
+                    "JLABGW_SSH_PORT": str(login.port),
+                    "JLABGW_SSH_USER": login.user,
+                    "JLABGW_SSH_KEY": str(login.client_key),
+                    "JLABGW_KNOWN_HOSTS": str(login.known_hosts),
+                    "JLABGW_SSH_CONFIG": str(workdir / "no-ssh-config"),
+                    "JLABGW_COMPUTE_SSH_PORT": str(login.port),
+                    "JLABGW_REMOTE_SETUP": f". {JOB_VENV}/bin/activate",
+                    "JLABGW_GE_H_RT": "0:10:00",
+                    "JLABGW_WALLTIME_WARN": "0",
+                }
+
+                def idle() -> bool:
+                    return not ge.as_user("qstat", check=False).stdout.strip()
+
+                return await cold_and_warm(env, n_cold, n_warm, idle)
+            finally:
+                login.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 async def local_runs(n_cold: int, n_warm: int) -> tuple[list[dict[str, float]], list[float]]:
     workdir = Path(tempfile.mkdtemp(prefix="jlabgw-coldstart-"))
     (workdir / "empty.toml").touch()
@@ -294,7 +358,9 @@ def report(args: argparse.Namespace, cold: list[dict[str, float]], warm: list[fl
     where = f"slurm, sbatch {'over SSH' if args.submit == 'ssh' else 'here'}"
     if args.topology:
         where = "slurm, multi-host topology: laptop -> login (sbatch over SSH) -> compute node"
-    path = where if args.backend == "slurm" else "local"
+    path = where if args.backend == "slurm" else args.backend
+    if args.backend == "gridengine":
+        path = "gridengine, qsub over SSH"
     if args.json:
         print(json.dumps({"path": path, "cold": cold, "warm": warm}, indent=1))
         return
@@ -309,6 +375,11 @@ def report(args: argparse.Namespace, cold: list[dict[str, float]], warm: list[fl
         print(
             f"warm start_new_session: median {statistics.median(ordered):.3f} s, "
             f"p90 {ordered[int(0.9 * (len(ordered) - 1))]:.3f} s"
+        )
+    if ONE_PLUS_ONE:
+        print(
+            f"1+1 via execute_code on a warm session: median "
+            f"{statistics.median(ONE_PLUS_ONE) * 1000:.2f} ms ({len(ONE_PLUS_ONE)} calls)"
         )
 
 
