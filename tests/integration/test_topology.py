@@ -33,6 +33,8 @@ from mcp import Client
 from tests import topology as topo
 from tests.helpers import PYTHON, server_env, wait_until
 from tests.mcp_client import body, call, new_session, poll_to_the_end, serve, status, text_of
+from tests.slurm import SlurmCluster, squeue
+from tests.sshd import SSHDServer
 
 if os.geteuid() != 0:
     pytest.skip(
@@ -457,3 +459,48 @@ def test_doctor_names_a_compute_nodes_missing_host_key_and_the_keyscan_through_l
         assert keyscan.search(report), f"no ssh-keyscan of {node} through the login node:\n{report}"
     finally:
         topology.scancel(filler)
+
+
+# -- 8. two SLURM clusters from one server (issue 15) -------------------------------------------
+
+
+async def test_one_server_on_two_slurm_clusters(
+    topology: topo.Topology, slurm: SlurmCluster, login_node: SSHDServer, tmp_path: Path
+) -> None:
+    """The topology is the server's own cluster (its config file); the one-node test SLURM,
+    behind its own login sshd on 127.0.0.1, is [profiles.one] of the same file. A session on
+    each at once, on their own nodes and jobs; each session says its cluster; both jobs end
+    with the server."""
+    config = tmp_path / "two-clusters.toml"
+    config.write_text(
+        topology.config.read_text()
+        + "\n[profiles.one]\n"
+        + f'ssh_host = "{login_node.host}"\n'
+        + f"ssh_port = {login_node.port}\n"
+        + f'ssh_user = "{login_node.user}"\n'
+        + f'ssh_key = "{login_node.client_key}"\n'
+        + f'known_hosts = "{login_node.known_hosts}"\n'
+        + f'ssh_config = "{tmp_path / "no-ssh-config"}"\n'
+        + f"compute_ssh_port = {login_node.port}\n"
+        + 'connection_dir = "~/.jlabgw/connections"\n'
+        + 'job_name = "jlabgw-two-slurm-one"\n'
+    )
+    env = {**topology_env(topology), "JLABGW_CONFIG": str(config)}
+    env["JLABGW_JOB_NAME"] = "jlabgw-two-slurm-topo"
+    with (tmp_path / "server.log").open("w") as log:
+        async with serve(tmp_path, log, **env) as client:
+            on_topology = await new_session(client, "on the topology")
+            started = await call(client, "start_new_session", experiment_name="one", profile="one")
+            assert not started.is_error, text_of(started)
+            assert started.structured_content["cluster"] == "one"
+            on_one = started.structured_content["session_id"]
+            node_a, job_a = await hostname(client, on_topology)
+            node_b, job_b = await hostname(client, on_one)
+            assert node_a in topo.COMPUTE  # c1 or c2, behind the topology's login node
+            assert node_b not in topo.COMPUTE  # this machine, the one-node SLURM's node
+            listed = {s["session_id"]: s["cluster"] for s in (await status(client))["sessions"]}
+            assert listed == {on_topology: "default", on_one: "one"}
+            assert (await job_of(client, "@one"))["id"] == job_b
+            assert (await job_of(client))["id"] == job_a
+    assert wait_until(lambda: squeue(slurm, job_b) == "", timeout=60)
+    assert wait_until(lambda: not topology.user_jobs(), timeout=60)
