@@ -12,6 +12,7 @@ from typing import ClassVar
 __all__ = ["Backend", "GatewayEndpoint", "Progress"]
 
 from jlabgw.cluster.backends.status import BackendStatus
+from jlabgw.cluster.files import Node
 from jlabgw.jupyter.endpoint import GatewayEndpoint
 from jlabgw.progress import Progress
 
@@ -89,6 +90,14 @@ class Backend(abc.ABC):
 
     def identity(self) -> str | None:
         """Which gateway is up now (a job id); sessions recorded under another are gone."""
+        return None
+
+    def node(self) -> Node | None:
+        """The node the gateway runs on, over a connection this backend already holds (a
+        batch backend's SSH to the compute node): its files and commands without a kernel
+        (upload_file / download_file, check_resources). None where there is none: the local
+        backend (the node is this machine, which the session layer reads directly) and a
+        gateway that is not up."""
         return None
 
     async def notices(self) -> list[str]:

@@ -31,6 +31,7 @@ from typing import ClassVar
 from jlabgw.cluster.backends.base import Backend
 from jlabgw.cluster.backends.status import BackendStatus, GatewayStatus, JobInfo
 from jlabgw.cluster.connection_file import GatewayInfo
+from jlabgw.cluster.files import Node, SSHNode
 from jlabgw.cluster.host import Host
 from jlabgw.cluster.job import BatchJob
 from jlabgw.cluster.leases import describe_holders
@@ -313,4 +314,16 @@ class BatchBackend(Backend):
                 where=self._where,
                 shared_with=self._sharers(job),
             ),
+        )
+
+    # -- the node without a kernel (upload_file, download_file, check_resources) -------------
+
+    def node(self) -> Node | None:
+        conn = self._tunnel.connection
+        if conn is None or self._endpoint is None:
+            return None
+        return SSHNode(
+            conn,
+            remote_setup=self._settings.remote_setup,
+            transfer_root=self._settings.transfer_root,
         )

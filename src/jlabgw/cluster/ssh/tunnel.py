@@ -100,6 +100,12 @@ class NodeTunnel:
         self._forwarder = Forwarder(self._conn, "127.0.0.1", port).start()
         return GatewayEndpoint(url=self._forwarder.url, token=token)
 
+    @property
+    def connection(self) -> SSHConnection | None:
+        """The SSH connection to the node the tunnel forwards through (None: no tunnel), for
+        commands and SFTP on that node beside the forwarding."""
+        return self._conn
+
     def close(self) -> None:
         """Stop forwarding and close the node connection (blocking). Idempotent."""
         if self._forwarder is not None:
