@@ -371,8 +371,11 @@ def profile_settings(
         )
     table = profiles[name]
     _check_keys(f"config file {path} [profiles.{name}]", table, set(Settings.model_fields))
+    # a job of its own unless the profile names one: the same name on the same cluster would
+    # share (and lease) the server's own job, whatever the profile asks for
+    job_name = table.get("job_name") or f"{base.job_name}-{name}"
     try:
-        return Settings(**{**base.model_dump(), **table, "profile": name})
+        return Settings(**{**base.model_dump(), **table, "profile": name, "job_name": job_name})
     except ValidationError as exc:
         err = exc.errors()[0]
         key = str(err["loc"][0]) if err["loc"] else "?"

@@ -9,6 +9,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from jlabgw.cluster.leases import JobLeases
 from jlabgw.processes import this_owner
 from tests.helpers import owner_of
@@ -116,3 +118,31 @@ def test_a_garbled_record_counts_as_none(tmp_path: Path) -> None:
     mine.path.write_text("{not json")
     assert mine.acquire(queue.usable, queue.submit, "login") == ("100", False)
     assert (mine.path.stat().st_mode & 0o777) == 0o600
+
+
+def test_an_unreadable_record_never_cancels_a_job_others_may_hold(tmp_path: Path) -> None:
+    """EIO, EACCES, a directory in the way: nobody can tell who holds the job, so it is left
+    to its idle timeout rather than cancelled under another server."""
+    queue = Queue()
+    mine = leases(tmp_path)
+    mine.path.mkdir(parents=True)  # reading it fails (IsADirectoryError)
+    left = mine.release("100", lambda: queue.cancel("100"))
+    assert queue.cancelled == []
+    assert left
+    assert "unknown" in left[0]["process"]
+
+
+def test_a_submission_whose_record_cannot_be_written_is_still_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job was submitted: the server must know its id (to cancel it at exit), even if the
+    state dir refused the record (a full disk)."""
+    from jlabgw.cluster import leases as leases_module
+
+    def full_disk(path: Path, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    queue = Queue()
+    monkeypatch.setattr(leases_module, "write_private_file", full_disk)
+    assert leases(tmp_path).acquire(queue.usable, queue.submit, "login") == ("100", False)
+    assert queue.submitted == ["100"]

@@ -72,9 +72,11 @@ class JobLeases:
         return self.path.with_name(self.path.name + ".lock")
 
     def _read(self) -> JobRecord:
+        """The record; none if there is no file. Other read errors propagate: a record that
+        cannot be read must not pass for "nobody holds the job"."""
         try:
             return JobRecord.parse(self.path.read_bytes())
-        except OSError:
+        except FileNotFoundError:
             return JobRecord()
 
     def _write(self, record: JobRecord) -> None:
@@ -109,19 +111,42 @@ class JobLeases:
                 record = JobRecord(job_id=submit(), where=where)
                 holders = []
             record.holders = [*holders, self.owner]
-            self._write(record)
             assert record.job_id is not None
+            try:
+                self._write(record)
+            except OSError as exc:  # the job is ours all the same: never orphan a submission
+                log.warning("cannot record batch job %s in %s: %s", record.job_id, self.path, exc)
             return record.job_id, reused
 
     def others(self, job_id: str | None) -> list[dict[str, str]]:
-        """The other live holders of ``job_id`` (none if the record is of another job)."""
-        record = self.recorded()
+        """The other live holders of ``job_id`` (none if the record is of another job). Read
+        without the lock (the file is replaced atomically): a status update must not wait
+        for another server's sbatch under it."""
+        try:
+            record = self._read()
+        except OSError:
+            return []
         return self._live(record) if record.job_id == job_id and job_id else []
 
     def release(self, job_id: str, last: Callable[[], None] | None = None) -> list[dict[str, str]]:
         """Give up our lease on ``job_id``. If no live holder is left, ``last()`` runs (under
         the lock: nobody can take the job up meanwhile; it cancels the job) and the record
-        goes. Returns the live holders left (then ``last`` did not run)."""
+        goes. Returns the live holders left (then ``last`` did not run). If the record cannot
+        be read, nobody can tell whether another server holds the job: it is not cancelled
+        (its idle timeout ends it), and an unknown holder is returned."""
+        try:
+            return self._release(job_id, last)
+        except OSError as exc:
+            log.warning(
+                "cannot read or update the lease record %s (%s): batch job %s is left to its "
+                "idle timeout",
+                self.path,
+                exc,
+                job_id,
+            )
+            return [{"host": "?", "process": "unknown (the lease record is unreadable)"}]
+
+    def _release(self, job_id: str, last: Callable[[], None] | None) -> list[dict[str, str]]:
         with locked(self.lock_path):
             record = self._read()
             if record.job_id != job_id:
