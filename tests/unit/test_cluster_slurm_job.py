@@ -51,6 +51,8 @@ class FakeLoginNode(Host):
     ) -> CommandResult:
         argv = list(argv)
         self.commands.append(argv)
+        while argv[0] == "env" or "=" in argv[0]:  # env VAR=value squeue ...
+            argv = argv[1:]
         if argv[0] == "sbatch":
             script = self.files[argv[-1]][0].decode()
             name = re.search(r"^#SBATCH --job-name=(\S+)$", script, re.MULTILINE)
@@ -59,15 +61,28 @@ class FakeLoginNode(Host):
             self.jobs[job_id] = {"name": name[1] if name else "?", "state": "PENDING", "reason": ""}
             return CommandResult(argv, 0, f"{job_id}\n", "")
         if argv[0] == "squeue":
-            job_id = argv[argv.index("-j") + 1]
-            job = self.jobs.get(job_id)
-            if job is None:
+            asked = argv[argv.index("-j") + 1].split(",")
+            known = [job_id for job_id in asked if job_id in self.jobs]
+            if not known and len(asked) == 1:
                 return CommandResult(argv, 1, "", "slurm_load_jobs error: Invalid job id")
-            if "fixed" not in job:
-                n = self.calls[job_id] = self.calls.get(job_id, -1) + 1
-                job["state"], job["reason"] = self.timeline[min(n, len(self.timeline) - 1)]
-            line = f"{job_id}|{job['state']}|{job['reason']}|node1|00:04:00|{job['name']}\n"
-            return CommandResult(argv, 0, line, "")
+            lines = []
+            for job_id in known:
+                job = self.jobs[job_id]
+                if "fixed" not in job:
+                    n = self.calls[job_id] = self.calls.get(job_id, -1) + 1
+                    job["state"], job["reason"] = self.timeline[min(n, len(self.timeline) - 1)]
+                fields = {
+                    "i": job_id,
+                    "T": job["state"],
+                    "r": job["reason"],
+                    "N": "node1",
+                    "L": "00:04:00",
+                    "S": job.get("start", "N/A"),
+                    "j": job["name"],
+                }
+                fmt = argv[argv.index("-o") + 1]
+                lines.append("|".join(fields[f.lstrip("%")] for f in fmt.split("|")) + "\n")
+            return CommandResult(argv, 0, "".join(lines), "")
         if argv[:2] == ["rm", "-f"]:
             for path in argv[2:]:
                 self.files.pop(path, None)

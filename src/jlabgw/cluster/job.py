@@ -4,6 +4,14 @@ Whatever the scheduler (:class:`~jlabgw.cluster.scheduler.Scheduler`: SLURM, Gri
 
 Every command and file goes through one :class:`~jlabgw.cluster.host.Host` (here, or the login
 node over SSH), which is what tests replace.
+
+The login node is shared by hundreds of users (batchspawner's 30 s polls overloaded one at 200+
+users, jupyterhub/batchspawner#292), so the scheduler is asked sparingly: often in the first
+minute of a wait (an idle node starts a job in ~0.5 s), then at most twice a minute while the
+job pends and once a minute while it runs (the walltime notice), one query covering all of
+this process's jobs on that login node where the scheduler can (:meth:`BatchJob.refresh`).
+Checks made because something failed (:meth:`gateway_replaced`, the backend's ``lost``) ask
+at once.
 """
 
 from __future__ import annotations
@@ -11,9 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from jlabgw.cluster.connection_file import (
     GatewayInfo,
@@ -21,7 +33,7 @@ from jlabgw.cluster.connection_file import (
     check_private,
     read_connection_file,
 )
-from jlabgw.cluster.host import Host, expand_home, host_for
+from jlabgw.cluster.host import Host, LocalHost, SSHHost, expand_home, host_for
 from jlabgw.cluster.leases import JobLeases
 from jlabgw.cluster.scheduler import JobStatus, Scheduler
 from jlabgw.config import Settings
@@ -33,15 +45,67 @@ __all__ = ["BatchJob", "private_connection_dir", "state_file_for"]
 log = logging.getLogger(__name__)
 
 # The queue while queued: soon after submission (an idle node starts the job in ~0.5 s), then
-# less and less often. The connection file is a stat over an open SFTP channel: cheap, so it
-# is polled every 0.1 s at first (the gateway is up ~1.5 s after the job starts); the
-# scheduler is asked at most once a second meanwhile whether the job is still alive.
+# less and less often for FAST_FOR seconds, then every PENDING_POLL seconds (progress still
+# comes every progress_interval, from the last status seen). The connection file is a stat
+# over an open SFTP channel: cheap, so it is polled every 0.1 s at first (the gateway is up
+# ~1.5 s after the job starts); the scheduler is asked once a second meanwhile whether the job
+# is still alive, every RUNNING_POLL seconds after FAST_FOR.
 POLL_START = 0.1
 POLL_MAX = 2.0
+FAST_FOR = 60.0
+PENDING_POLL = 30.0  # <= 2 queries a minute per server while its job pends
+RUNNING_POLL = 60.0  # <= 1 a minute while it runs
 FILE_POLL_MAX = 1.0
 ALIVE_CHECK_EVERY = 1.0
 REPLACE_WAIT = 60.0  # how long a dead gateway's restart in the job may take
 REPLACE_POLL = 0.5
+
+# The clocks and the sleep of the waits: tests and benchmarks run hours of them in virtual time.
+_now = time.monotonic
+_wall = time.time
+_sleep = asyncio.sleep
+
+
+@runtime_checkable
+class _ListsJobs(Protocol):
+    """A scheduler that answers for several jobs in one query (SLURM: ``squeue -j A,B``)."""
+
+    def listed(self, job_ids: Sequence[str]) -> dict[str, JobStatus]: ...
+
+
+class _Queue:
+    """This process's jobs of one scheduler on one login node, as one user: a status query for
+    one of them can cover them all. ``lock`` serialises the queries (a caller that waited for
+    another's query may find its status fresh enough); ``jobs`` changes under ``_queues_lock``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.jobs: weakref.WeakSet[BatchJob] = weakref.WeakSet()
+
+
+_queues: weakref.WeakValueDictionary[tuple[object, ...], _Queue] = weakref.WeakValueDictionary()
+_queues_lock = threading.Lock()
+
+
+def _queue_of(scheduler: Scheduler) -> _Queue:
+    """The queue shared by the jobs whose scheduler of this kind answers on the same login
+    node: this machine, or one SSH destination (user, host, port, route); any other host (a
+    test's) shares with itself only."""
+    host = scheduler.host
+    where: object
+    if isinstance(host, LocalHost):
+        where = "this machine"
+    elif isinstance(host, SSHHost):
+        spec = host.connection.spec
+        where = (spec.user, spec.hostname, spec.port, spec.proxy_jump, spec.proxy_command)
+    else:
+        where = id(host)  # unique while the host lives, and a job holding the queue holds it
+    key = (type(scheduler), where)
+    with _queues_lock:
+        queue = _queues.get(key)
+        if queue is None:
+            queue = _queues[key] = _Queue()
+        return queue
 
 
 class BatchJob:
@@ -61,6 +125,10 @@ class BatchJob:
         self.leases = JobLeases(state_file)
         self.job_id: str | None = None
         self.status: JobStatus | None = None
+        self._status_at = 0.0  # when the query that saw ``status`` began (_now)
+        self._queue = _queue_of(scheduler)
+        with _queues_lock:
+            self._queue.jobs.add(self)
 
     @classmethod
     def on_login_node(
@@ -152,21 +220,62 @@ class BatchJob:
 
     # -- state ---------------------------------------------------------------------------------
 
-    def refresh(self) -> JobStatus:
-        """Ask the scheduler for the job's state now."""
-        self.status = self.scheduler.status(self._job)
-        return self.status
+    @staticmethod
+    def clock() -> float:
+        """The monotonic clock status ages are measured on."""
+        return _now()
+
+    def refresh(self, max_age: float = 0.0) -> JobStatus:
+        """The job's state: the last one seen if younger than ``max_age`` seconds, else asked
+        of the scheduler now. Where the scheduler answers for several jobs at once, the query
+        covers this process's other active jobs on the same login node too (resource shapes,
+        profiles on one cluster), so theirs are fresh as well. Blocking: call it from a thread."""
+        job_id = self._job
+        queue = self._queue
+        with queue.lock:
+            seen = self.status
+            if seen is not None and seen.job_id == job_id and _now() - self._status_at < max_age:
+                return seen
+            asked = _now()
+            with _queues_lock:
+                others = [
+                    (job, job.job_id)
+                    for job in queue.jobs
+                    if job is not self
+                    and job.job_id is not None
+                    and (job.status is None or job.status.active)
+                ]
+            status: JobStatus | None = None
+            if others and isinstance(self.scheduler, _ListsJobs):
+                ids = list(dict.fromkeys([job_id, *(other_id for _, other_id in others)]))
+                listed = self.scheduler.listed(ids)
+                for job, other_id in others:
+                    if other_id in listed:
+                        job._saw(listed[other_id], asked)
+                status = listed.get(job_id)
+            if status is None:  # one job, or ours is no longer listed (sacct may know the end)
+                status = self.scheduler.status(job_id)
+            self._saw(status, asked)
+            return status
+
+    def _saw(self, status: JobStatus, at: float) -> None:
+        self.status = status
+        self._status_at = at
 
     async def wait_running(self, report: Progress) -> JobStatus:
-        """Until the job runs, reporting why it waits; a job that cannot start is cancelled."""
+        """Until the job runs, reporting why it waits (and when the scheduler expects it to
+        start); a job that cannot start is cancelled. The scheduler is asked at once, then
+        after 0.1 s growing to 2 s for the first minute, then every PENDING_POLL seconds;
+        progress comes every ``progress_interval`` in between, from the last status seen."""
         job_id = self._job
-        t0 = time.monotonic()
+        t0 = _now()
         delay = POLL_START
+        interval = 0.0
         while True:
-            status = await asyncio.to_thread(self.refresh)
+            status = await asyncio.to_thread(self.refresh, interval)
             if status.running:
                 return status
-            waited = time.monotonic() - t0
+            waited = _now() - t0
             if not status.active:
                 raise BackendError(
                     f"batch job {job_id} ended ({status.state}) before its gateway started; "
@@ -184,41 +293,52 @@ class BatchJob:
                     f"{status.reason or 'none given'}); it was cancelled. Adjust the "
                     f"{self.scheduler.settings_hint} settings or try again later"
                 )
-            await report(
-                waited,
-                None,
-                f"job {job_id} {status.state.lower()}: "
-                f"{status.reason or 'waiting'} ({waited:.0f} s)",
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, POLL_MAX)
+            await report(waited, None, self._waiting(status, waited))
+            if waited < FAST_FOR:
+                interval, delay = delay, min(delay * 1.5, POLL_MAX)
+            else:
+                interval = PENDING_POLL
+            due = self._status_at + interval  # the next query; progress until then
+            await _sleep(max(0.0, min(due - _now(), self._settings.progress_interval)))
+
+    def _waiting(self, status: JobStatus, waited: float) -> str:
+        """The progress message of a job that waits: why, and the scheduler's start estimate."""
+        why = status.reason or "waiting"
+        estimate = status.start_estimate
+        ahead = estimate - _wall() if estimate is not None else 0.0
+        if estimate is not None and ahead > 0:
+            at = datetime.fromtimestamp(estimate, UTC)
+            when = f"{at:%H:%M}" if ahead < 86400 else f"{at:%Y-%m-%d %H:%M}"
+            why += f"; {self.scheduler.label} expects it to start at {when} UTC, {_in(ahead)}"
+        return f"job {status.job_id} {status.state.lower()}: {why} ({waited:.0f} s)"
 
     async def wait_gateway(self, report: Progress) -> GatewayInfo:
         """The running job's connection file, once its gateway answers (bounded)."""
         job_id = self._job
         path = self.files.connection_file(job_id)
         await report(0, None, f"job {job_id} running; waiting for its gateway")
-        started = time.monotonic()
+        started = _now()
         deadline = started + self._settings.gateway_start_timeout
         next_alive_check = started + ALIVE_CHECK_EVERY
         delay = POLL_START
-        while time.monotonic() < deadline:
+        while _now() < deadline:
             try:
                 info = await asyncio.to_thread(read_connection_file, self.host, path)
             except ValueError:
                 info = None  # written atomically, so this means a foreign file: wait for ours
             if info is not None:
                 return info
-            if time.monotonic() >= next_alive_check:
-                status = await asyncio.to_thread(self.refresh)
+            if _now() >= next_alive_check:
+                status = await asyncio.to_thread(self.refresh, ALIVE_CHECK_EVERY)
                 if not status.active:
                     raise BackendError(
                         f"batch job {job_id} ended ({status.state}) before its gateway "
                         f"answered; see {self._log_hint()}"
                     )
-                next_alive_check = time.monotonic() + ALIVE_CHECK_EVERY
-            await asyncio.sleep(delay)
-            if time.monotonic() - started > 5:  # slower than usual: back off
+                slow = _now() - started >= FAST_FOR  # a slow start: once a minute after the first
+                next_alive_check = _now() + (RUNNING_POLL if slow else ALIVE_CHECK_EVERY)
+            await _sleep(delay)
+            if _now() - started > 5:  # slower than usual: back off
                 delay = min(delay * 1.5, FILE_POLL_MAX)
         raise BackendError(
             f"batch job {job_id} is running but its gateway did not answer within "
@@ -272,7 +392,20 @@ class BatchJob:
         )
 
     def close(self) -> None:
+        with _queues_lock:
+            self._queue.jobs.discard(self)
         self.host.close()
+
+
+def _in(seconds: float) -> str:
+    """A time ahead, roughly: "in about 12 min"."""
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "in under a minute"
+    if minutes < 120:
+        return f"in about {minutes} min"
+    hours = round(seconds / 3600)
+    return f"in about {hours} h" if hours < 48 else f"in about {round(hours / 24)} days"
 
 
 def private_connection_dir(host: Host, conn_dir: str) -> None:

@@ -63,6 +63,9 @@ class JobStatus:
     node: str = ""
     time_left: str = ""  # [D-]HH:MM:SS, or "" when the scheduler gives none
     name: str = ""
+    # while pending: when the scheduler expects the job to start (epoch seconds), if it has an
+    # estimate (SLURM's backfill computes one; Grid Engine gives none)
+    start_estimate: float | None = None
 
     @property
     def seconds_left(self) -> int | None:

@@ -2,9 +2,15 @@
 
 The parsers are pure functions tested on real outputs. Every command goes through the host's
 ``run`` (local subprocess or SSH exec), argv only.
+
+Each squeue is a process on the login node and two or three RPCs to slurmctld (the job info,
+the partitions, the federation), so :class:`~jlabgw.cluster.job.BatchJob` asks sparingly and
+:meth:`SlurmClient.listed` answers for several jobs in one call.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from jlabgw.cluster.host import Host
 from jlabgw.cluster.scheduler import JobStatus, parse_duration
@@ -19,6 +25,10 @@ __all__ = [
 ]
 
 SQUEUE_FORMAT = "%i|%T|%r|%N|%L|%j"
+# what a status query asks for: the same and the start time (%S: expected while pending)
+STATUS_FORMAT = "%i|%T|%r|%N|%L|%S|%j"
+# squeue prints times in the login node's zone and without it; as epoch seconds they need none
+_EPOCH_TIMES = ["env", "SLURM_TIME_FORMAT=%s"]
 # Pending reasons after which the job will not start without someone changing it.
 _HOPELESS = {
     "PartitionConfig": "the request exceeds what the partition allows (CPUs, memory, GPUs, time)",
@@ -48,18 +58,28 @@ def parse_sbatch_parsable(stdout: str) -> str:
     return job_id
 
 
-def parse_squeue_line(line: str) -> JobStatus:
-    """One line of ``squeue -h -o '%i|%T|%r|%N|%L|%j'``."""
-    parts = line.rstrip("\n").split("|", 5)
-    parts += [""] * (6 - len(parts))
-    job_id, state, reason, node, time_left, name = parts
+def parse_squeue_line(line: str, *, with_start: bool = False) -> JobStatus:
+    """One line of ``squeue -h -o '%i|%T|%r|%N|%L|%j'`` (:data:`SQUEUE_FORMAT`), or with
+    ``with_start`` of :data:`STATUS_FORMAT` run with epoch times (``SLURM_TIME_FORMAT=%s``):
+    a pending job's start time is the scheduler's estimate ("N/A" while it has none)."""
+    fields = 7 if with_start else 6
+    parts = line.rstrip("\n").split("|", fields - 1)
+    parts += [""] * (fields - len(parts))
+    if with_start:
+        job_id, state, reason, node, time_left, start, name = parts
+    else:
+        job_id, state, reason, node, time_left, name = parts
+        start = ""
+    state = state.strip()
+    estimate = float(start) if state == "PENDING" and start.strip().isdigit() else None
     return JobStatus(
         job_id=job_id.strip(),
-        state=state.strip(),
+        state=state,
         reason="" if reason.strip() in ("None", "(null)") else reason.strip(),
         node=node.strip(),
         time_left=time_left.strip(),
         name=name.strip(),
+        start_estimate=estimate or None,  # 0: none
     )
 
 
@@ -81,19 +101,32 @@ class SlurmClient:
 
     def status(self, job_id: str) -> JobStatus:
         """The job's state; ``GONE`` once SLURM has forgotten it (sacct asked first)."""
+        found = self.listed([job_id]).get(job_id)
+        return found if found is not None else self._from_sacct(job_id)
+
+    def listed(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """What one squeue says of ``job_ids`` (each with its start estimate while pending);
+        a job squeue no longer lists is left out. One id is slurmctld's cheap single-job RPC;
+        several are one job-table RPC instead of one call each."""
+        ids = ",".join(job_ids)
         result = self.host.run(
-            ["squeue", "-h", "-t", "all", "-j", job_id, "-o", SQUEUE_FORMAT], check=False
+            [*_EPOCH_TIMES, "squeue", "-h", "-t", "all", "-j", ids, "-o", STATUS_FORMAT],
+            check=False,
         )
-        lines = [line for line in result.stdout.splitlines() if line.strip()]
-        if result.returncode == 0 and lines:
-            return parse_squeue_line(lines[0])
-        if result.returncode not in (0, 1) or (
-            result.returncode == 1 and "Invalid job id" not in result.stderr
-        ):
+        if result.returncode == 1 and "Invalid job id" in result.stderr:
+            return {}  # a single id squeue does not know (several: an empty list, exit 0)
+        if result.returncode != 0:
             raise CommandError(
                 result.argv, result.returncode, result.stdout, result.stderr, self.host.where
             )
-        return self._from_sacct(job_id)
+        wanted = set(job_ids)
+        found: dict[str, JobStatus] = {}
+        for line in result.stdout.splitlines():
+            if line.strip():
+                status = parse_squeue_line(line, with_start=True)
+                if status.job_id in wanted:
+                    found.setdefault(status.job_id, status)
+        return found
 
     def _from_sacct(self, job_id: str) -> JobStatus:
         result = self.host.run(

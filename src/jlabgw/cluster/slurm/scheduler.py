@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from jlabgw.cluster.host import Host
@@ -48,6 +48,11 @@ class SlurmScheduler(Scheduler):
 
     def status(self, job_id: str) -> JobStatus:
         return self.client.status(job_id)
+
+    def listed(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """Several jobs' states from one squeue (those it still lists): what lets
+        :meth:`~jlabgw.cluster.job.BatchJob.refresh` cover all of a server's jobs at once."""
+        return self.client.listed(job_ids)
 
     def cancel(self, job_id: str) -> None:
         self.client.cancel(job_id)
