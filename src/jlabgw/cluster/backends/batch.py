@@ -48,7 +48,9 @@ __all__ = ["BatchBackend"]
 
 log = logging.getLogger(__name__)
 
-_NOTICE_REFRESH = 60.0  # seconds between squeue calls for the walltime notice
+# seconds between status queries for the walltime notice (and how old a status it accepts):
+# once a minute while the job runs, as BatchJob's RUNNING_POLL
+_NOTICE_REFRESH = 60.0
 
 
 class _Laps:
@@ -208,11 +210,13 @@ class BatchBackend(Backend):
         job = self._job
         if not warn or job is None or job.job_id is None or self._endpoint is None:
             return []
-        now = time.monotonic()
+        now = job.clock()
         if now - self._status_at > _NOTICE_REFRESH:
             self._status_at = now
             try:
-                await asyncio.to_thread(job.refresh)
+                # a status seen within the minute serves: another check's, or the query that
+                # covered this server's other jobs on the same login node
+                await asyncio.to_thread(job.refresh, _NOTICE_REFRESH)
             except JlabgwError as exc:  # a notice must never fail a tool call
                 log.info("cannot refresh the job's time left: %s", exc)
         notice = job.walltime_notice(warn)
