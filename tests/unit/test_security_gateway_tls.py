@@ -72,16 +72,21 @@ class Impostor:
             with conn:
                 conn.settimeout(2)
                 try:
-                    if self._tls is not None:
-                        conn = self._tls.wrap_socket(conn, server_side=True)
-                    for _ in range(100):
-                        data = conn.recv(65536)
-                        if not data:
-                            break
-                        self.received += data
-                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    if self._tls is None:
+                        self._answer(conn)
+                    else:
+                        with self._tls.wrap_socket(conn, server_side=True) as tls:
+                            self._answer(tls)
                 except (OSError, ssl.SSLError):
                     continue
+
+    def _answer(self, conn: socket.socket) -> None:
+        for _ in range(100):
+            data = conn.recv(65536)
+            if not data:
+                return
+            self.received += data
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
 
     def close(self) -> None:
         self.sock.close()
@@ -113,6 +118,7 @@ async def test_rest_calls_refuse_an_impostor_before_the_token(
             await client.kernelspecs()
     finally:
         await client.aclose()
+    impostor.close()  # all it received is in: a token sent late would be seen
     assert TOKEN.encode() not in impostor.received
     assert b"Authorization" not in impostor.received
 
@@ -127,6 +133,7 @@ async def test_the_kernel_websocket_refuses_an_impostor_before_the_token(
             await conn.connect()
     finally:
         await conn.close()
+    impostor.close()
     assert TOKEN.encode() not in impostor.received
 
 
@@ -145,3 +152,97 @@ def test_without_a_pinned_certificate_the_token_would_go(tmp_path: Path) -> None
     finally:
         impostor.close()
     assert TOKEN.encode() in impostor.received
+
+
+def dated_certificate(directory: Path, days_from_now: int) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 valid for one day starting ``days_from_now`` (negative: in
+    the past), made with cryptography (paramiko's dependency) to set the dates."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jlabgw gateway")])
+    start = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days_from_now)
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = (
+        directory / f"dated{days_from_now}.pem",
+        directory / f"k{days_from_now}.pem",
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("days", [1, -400], ids=["node-clock-ahead", "expired"])
+async def test_the_pin_is_the_identity_not_the_dates(tmp_path: Path, days: int) -> None:
+    """A laptop whose clock is behind the node's (the certificate "not yet valid"), or a job
+    that outlives its certificate: still our gateway, so the handshake succeeds."""
+    import httpx
+
+    cert, key = dated_certificate(tmp_path, days)
+    server = Impostor((cert, key))  # here: the real gateway's certificate, pinned
+    try:
+        endpoint = GatewayEndpoint(f"https://127.0.0.1:{server.port}", TOKEN, cert=cert.read_text())
+        async with httpx.AsyncClient(verify=endpoint.ssl_context, timeout=10) as http:
+            response = await http.get(f"{endpoint.url}/api/kernelspecs")
+        assert response.status_code == 200
+    finally:
+        server.close()
+
+
+async def test_a_port_that_closes_is_an_outage_not_an_impostor(pinned: str) -> None:
+    """The gateway restarting: the tunnel accepts and closes at once. That is a lost
+    connection (retried), not a security alarm."""
+    from jlabgw.errors import ConnectionLostError
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+
+    def close_each() -> None:
+        sock.settimeout(0.2)
+        for _ in range(100):  # bounded
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.close()
+
+    thread = threading.Thread(target=close_each, daemon=True)
+    thread.start()
+    endpoint = GatewayEndpoint(f"https://127.0.0.1:{port}", TOKEN, cert=pinned)
+    client = GatewayClient(endpoint, timeout=10)
+    try:
+        with pytest.raises(ConnectionLostError):
+            await client.kernelspecs()
+    finally:
+        await client.aclose()
+        sock.close()
+        thread.join(timeout=5)

@@ -6,7 +6,35 @@ import functools
 import ssl
 from dataclasses import dataclass, field
 
-__all__ = ["GatewayEndpoint", "impostor_message"]
+__all__ = ["GatewayEndpoint", "impostor_message", "is_impostor", "pinned_context"]
+
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME: the pinned certificate is the identity, its validity
+# dates are not (the laptop's clock may be behind the node's, and a job may outlive them)
+_NO_CHECK_TIME = 0x200000
+
+
+def pinned_context(cert: str) -> ssl.SSLContext:
+    """A TLS context that trusts exactly ``cert`` (PEM), whatever the clocks say."""
+    context = ssl.create_default_context(cadata=cert)
+    context.verify_flags |= _NO_CHECK_TIME
+    return context
+
+
+def is_impostor(exc: BaseException) -> bool:
+    """Whether a failed connection met something that is not our gateway: a certificate that
+    is not the pinned one, or no TLS at all. A reset or an early EOF (a port that closed: the
+    gateway restarting) is an outage, not an impostor."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # the cause chain is short; bounded anyway
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        text = str(seen)
+        if "CERTIFICATE_VERIFY_FAILED" in text or "WRONG_VERSION_NUMBER" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass(frozen=True)
@@ -27,7 +55,7 @@ class GatewayEndpoint:
         """Trusts exactly :attr:`cert` (None: plain HTTP)."""
         if not self.cert:
             return None
-        return ssl.create_default_context(cadata=self.cert)
+        return pinned_context(self.cert)
 
     @property
     def ws_url(self) -> str:

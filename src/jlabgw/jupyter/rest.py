@@ -7,7 +7,6 @@ write to its log). httpx errors are translated into :mod:`jlabgw.errors` here.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from typing import Any
 
 import httpx
@@ -20,7 +19,7 @@ from jlabgw.errors import (
     GatewayServerError,
     KernelNotFoundError,
 )
-from jlabgw.jupyter.endpoint import GatewayEndpoint, impostor_message
+from jlabgw.jupyter.endpoint import GatewayEndpoint, impostor_message, is_impostor
 
 __all__ = ["GatewayClient"]
 
@@ -53,7 +52,7 @@ class GatewayClient:
                 f"the gateway at {self.endpoint.url} did not answer {method} {path} in time"
             ) from exc
         except httpx.ConnectError as exc:
-            if _bad_certificate(exc):
+            if is_impostor(exc):
                 raise GatewayImpostorError(
                     impostor_message(self.endpoint, f"{method} {path} refused")
                 ) from exc
@@ -139,15 +138,3 @@ def _error_reason(resp: httpx.Response) -> str:
     if isinstance(body, dict):
         return str(body.get("message") or body.get("reason") or resp.reason_phrase)
     return resp.reason_phrase
-
-
-def _bad_certificate(exc: BaseException) -> bool:
-    """Whether a connection failed on the TLS certificate check (or a non-TLS answer)."""
-    seen: BaseException | None = exc
-    for _ in range(10):  # the cause chain is short; bounded anyway
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
-            return True  # SSLCertVerificationError; WRONG_VERSION_NUMBER: no TLS at all
-        seen = seen.__cause__ or seen.__context__
-    return False

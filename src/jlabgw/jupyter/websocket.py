@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
 from collections.abc import Awaitable, Callable
 
 import websockets
@@ -25,7 +24,7 @@ from jlabgw.errors import (
     JlabgwError,
     KernelNotFoundError,
 )
-from jlabgw.jupyter.endpoint import GatewayEndpoint, impostor_message
+from jlabgw.jupyter.endpoint import GatewayEndpoint, impostor_message, is_impostor
 
 __all__ = ["open_websocket", "reopen_websocket"]
 
@@ -64,11 +63,11 @@ async def open_websocket(
             ) from exc
         error = GatewayServerError if status >= 500 else GatewayError
         raise error(f"WebSocket to kernel {kernel_id} refused: HTTP {status}") from exc
-    except ssl.SSLError as exc:  # certificate mismatch, or no TLS at all on that port
-        raise GatewayImpostorError(
-            impostor_message(endpoint, f"the WebSocket to kernel {kernel_id} was not opened")
-        ) from exc
     except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+        if is_impostor(exc):  # a certificate that is not ours, or no TLS at all on that port
+            raise GatewayImpostorError(
+                impostor_message(endpoint, f"the WebSocket to kernel {kernel_id} was not opened")
+            ) from exc
         raise ConnectionLostError(
             f"cannot open a WebSocket to kernel {kernel_id} at {endpoint.url}: {type(exc).__name__}"
         ) from exc
