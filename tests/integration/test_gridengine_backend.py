@@ -221,7 +221,7 @@ async def test_a_resource_shape_is_a_grid_engine_job_of_its_own(
             job_id = shaped["id"]
             details = gridengine.as_user("qstat", "-j", job_id).stdout
             assert "h_rt=300" in details
-            assert "h_vmem=1G" in details
+            assert "h_vmem=512M" in details  # per slot: the job's 1G over its 2 slots
             assert "smp range: 2" in details
     assert wait_until(lambda: qstat_state(gridengine, job_id) == "", timeout=60)
 

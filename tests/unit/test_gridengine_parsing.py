@@ -208,6 +208,7 @@ QSTAT = ("env", "TZ=UTC", "qstat", "-xml", "-r")
 
 def client(**answers: tuple[int, str, str]) -> tuple[GridEngineClient, FakeHost]:
     table = {tuple(k.split()): v for k, v in answers.items()}
+    table.setdefault(("id", "-un"), (0, "jlabgw-test\n", ""))  # qstat names the user
     host = FakeHost(table)
     return GridEngineClient(host, clock=lambda: STARTED + 1), host
 
@@ -226,7 +227,7 @@ def test_client_submit_and_status() -> None:
 
     running = ge.status("1")
     assert (running.state, running.time_left) == ("RUNNING", "00:09:59")
-    assert host.calls[-1] == list(QSTAT)  # a running job needs no second command
+    assert host.calls[-1] == [*QSTAT, "-u", "jlabgw-test", "-s", "prs"]  # and no second one
 
     error = ge.status("6")
     assert error.reason.startswith("Eqw: can't stat()")
@@ -266,9 +267,10 @@ def test_client_find_and_running() -> None:
         }
     )
     assert [j.job_id for j in ge.find("jlabgw-run")] == ["1"]
-    assert host.calls[-1] == [*QSTAT, "-u", "jlabgw-test"]
+    # -u and -s given: a ~/.sge_qstat or site sge_qstat ("-s r") must not hide pending jobs
+    assert host.calls[-1] == [*QSTAT, "-u", "jlabgw-test", "-s", "prs"]
     assert ge.find("no-such-name", "someone") == []
-    assert host.calls[-1] == [*QSTAT, "-u", "someone"]
+    assert host.calls[-1] == [*QSTAT, "-u", "someone", "-s", "prs"]
     assert [j.job_id for j in ge.running()] == ["1", "2"]
 
 

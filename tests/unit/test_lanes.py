@@ -67,7 +67,8 @@ def test_grid_engine_maps_a_request_onto_its_own_options(tmp_path: Path) -> None
     assert shaped.ge_queue == "gpu.q"
     assert shaped.ge_h_rt == "26:00:00"  # days folded into hours
     assert shaped.ge_slots == 4
-    assert shaped.ge_resources == "arch=lx-amd64,h_vmem=16G,gpu=1"  # h_vmem replaced
+    # h_vmem is per slot: 16G over 4 slots; a bare flag resource stays bare
+    assert shaped.ge_resources == "arch=lx-amd64,h_vmem=4096M,gpu=1"
     # what the configured job has already is the default lane
     assert shape_of(settings, {"mem": "2G"})[0] == ""
 
@@ -114,3 +115,24 @@ async def test_a_profile_is_a_lane_of_its_own_on_its_own_cluster(
     assert await lanes.lane_for(None, "ge") == "@ge"  # the same lane again
     with pytest.raises(ConfigError, match=r"'nope' is not defined .*profiles there: ge, other"):
         await lanes.lane_for(None, "nope")
+
+
+@pytest.mark.parametrize(
+    ("time", "h_rt"),
+    [
+        ("30", "0:30:00"),  # a bare number is minutes, as sbatch --time reads it
+        ("30:15", "0:30:15"),
+        ("04:00:00", "4:00:00"),
+        ("1-12", "36:00:00"),  # days-hours
+        ("1-02:30", "26:30:00"),
+        ("1-02:00:00", "26:00:00"),
+    ],
+)
+def test_grid_engine_reads_a_walltime_as_slurm_does(tmp_path: Path, time: str, h_rt: str) -> None:
+    settings = make_settings(tmp_path, backend="gridengine")
+    assert shape_of(settings, {"time": time})[1].ge_h_rt == h_rt
+
+
+def test_grid_engine_keeps_a_bare_flag_resource(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, backend="gridengine", ge_resources="exclusive,h_vmem=2G")
+    assert shape_of(settings, {"gpus": 2})[1].ge_resources == "exclusive,h_vmem=2G,gpu=2"

@@ -230,15 +230,23 @@ class GridEngineClient:
     def __init__(self, host: Host, clock: Callable[[], float] = time.time) -> None:
         self.host = host
         self._clock = clock
+        self._me: str | None = None  # `id -un` on the host, asked once
 
     def submit(self, script: str, *, extra_args: list[str] | None = None) -> str:
         """``qsub -terse [extra] SCRIPT``; returns the job id."""
         result = self.host.run(["qsub", "-terse", *(extra_args or []), script])
         return parse_qsub_output(result.stdout)
 
+    def _user(self) -> str:
+        if self._me is None:
+            self._me = self.host.run(["id", "-un"]).stdout.strip()
+        return self._me
+
     def _jobs(self, user: str | None = None) -> list[QstatJob]:
-        # without -u, qstat lists the caller's jobs (or what the site's sge_qstat file says)
-        argv = [*QSTAT, *(["-u", user] if user else [])]
+        # -u and -s on the command line: a user's ~/.sge_qstat or the site's sge_qstat (the
+        # man page's own example is "-s r") would otherwise hide pending jobs (read as GONE)
+        # or list the whole cluster on every poll
+        argv = [*QSTAT, "-u", user or self._user(), "-s", "prs"]
         return parse_qstat_xml(self.host.run(argv).stdout)
 
     def status(self, job_id: str) -> JobStatus:
@@ -256,15 +264,11 @@ class GridEngineClient:
 
     def find(self, name: str, user: str | None = None) -> list[JobStatus]:
         """Active jobs called ``name`` (of ``user``, default: whoever runs the command)."""
-        if user is None:
-            user = self.host.run(["id", "-un"]).stdout.strip()
         now = self._clock()
         return [to_job_status(j, now=now) for j in self._jobs(user) if j.name == name]
 
     def running(self, user: str | None = None) -> list[JobStatus]:
         """Every running job of ``user`` (default: whoever runs the command)."""
-        if user is None:
-            user = self.host.run(["id", "-un"]).stdout.strip()
         now = self._clock()
         jobs = [to_job_status(j, now=now) for j in self._jobs(user)]
         return [job for job in jobs if job.running]

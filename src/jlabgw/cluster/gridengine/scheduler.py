@@ -31,13 +31,31 @@ def options_from(settings: Settings) -> GridEngineOptions:
 
 
 def _h_rt(walltime: str) -> str:
-    """``[D-]HH:MM:SS`` as Grid Engine's ``h:m:s`` (days folded into the hours)."""
-    days, _, clock = walltime.rpartition("-")
+    """A session's ``time`` in SLURM's forms (what the tool documents: ``MM``, ``MM:SS``,
+    ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``) as Grid Engine's ``h:m:s``."""
+    days_text, dash, clock = walltime.rpartition("-")
     parts = [int(p) for p in clock.split(":")]
-    while len(parts) < 3:
-        parts.insert(0, 0)  # MM:SS or SS
-    hours, minutes, seconds = parts
-    return f"{hours + 24 * int(days or 0)}:{minutes:02d}:{seconds:02d}"
+    if dash:  # D-HH[:MM[:SS]]
+        parts += [0] * (3 - len(parts))
+        hours, minutes, seconds = parts
+        hours += 24 * int(days_text)
+    elif len(parts) == 3:
+        hours, minutes, seconds = parts
+    else:  # MM or MM:SS: a bare number is minutes, as in sbatch --time
+        hours, minutes, seconds = 0, parts[0], parts[1] if len(parts) == 2 else 0
+    total = hours * 3600 + minutes * 60 + seconds
+    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def _per_slot(mem: str, slots: int) -> str:
+    """``mem`` for the whole job as Grid Engine's per-slot ``h_vmem`` (rounded up)."""
+    if slots <= 1:
+        return mem
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    number, unit = (mem[:-1], mem[-1].upper()) if mem[-1].isalpha() else (mem, "")
+    total = int(number) * units[unit]
+    per = -(-total // slots)  # ceil
+    return f"{-(-per // 2**20)}M"
 
 
 class GridEngineScheduler(Scheduler):
@@ -53,9 +71,10 @@ class GridEngineScheduler(Scheduler):
     def resource_settings(cls, settings: Settings, wanted: Mapping[str, str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         # -l resources: the configured ones, with h_vmem (per slot) and gpu replaced
-        resources = dict(
-            item.partition("=")[::2] for item in settings.ge_resources.split(",") if item
-        )
+        resources = {  # a bare flag resource (no "=") stays bare
+            name: value
+            for name, _, value in (i.partition("=") for i in settings.ge_resources.split(",") if i)
+        }
         if "partition" in wanted:
             out["ge_queue"] = wanted["partition"]
         if "time" in wanted:
@@ -67,12 +86,13 @@ class GridEngineScheduler(Scheduler):
                     "JLABGW_GE_PE (`qconf -spl` lists them; smp is usual)"
                 )
             out["ge_slots"] = int(wanted["cpus"])
-        if "mem" in wanted:
-            resources["h_vmem"] = wanted["mem"]
+        if "mem" in wanted:  # h_vmem is per slot: the job's memory shared by its slots
+            slots = out.get("ge_slots", settings.ge_slots if settings.ge_pe else 1)
+            resources["h_vmem"] = _per_slot(wanted["mem"], int(slots))
         if "gpus" in wanted:
             resources["gpu"] = wanted["gpus"]
         if "mem" in wanted or "gpus" in wanted:
-            out["ge_resources"] = ",".join(f"{k}={v}" for k, v in resources.items())
+            out["ge_resources"] = ",".join(f"{k}={v}" if v else k for k, v in resources.items())
         return out
 
     def render(self, settings: Settings) -> str:
