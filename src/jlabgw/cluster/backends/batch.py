@@ -38,7 +38,7 @@ from jlabgw.cluster.leases import describe_holders
 from jlabgw.cluster.scheduler import Scheduler
 from jlabgw.cluster.ssh.tunnel import NodeTunnel, node_connector
 from jlabgw.config import Settings
-from jlabgw.errors import JlabgwError
+from jlabgw.errors import BackendError, JlabgwError
 from jlabgw.fsutil import ensure_private_dir, write_private_file
 from jlabgw.jupyter.endpoint import GatewayEndpoint
 from jlabgw.log import register_secret
@@ -102,8 +102,15 @@ class BatchBackend(Backend):
         async with self._lock:
             job = self._job
             if self._endpoint is not None and job is not None:
-                if (await asyncio.to_thread(job.refresh)).running:
+                status = await asyncio.to_thread(job.refresh)
+                if status.running:
                     return self._endpoint
+                if status.active:  # suspended or requeued: its kernels are still there
+                    raise BackendError(
+                        f"batch job {job.job_id} is {status.state} "
+                        f"({status.reason or 'no reason given'}); its kernels wait with it. "
+                        "Try again once it runs (jlabgw status shows its state)"
+                    )
                 log.warning("batch job %s is gone; starting a new one", job.job_id)
                 state = job.status.state if job.status else "gone"
                 self._retire(f"batch job {job.job_id} is no longer running ({state})")
@@ -164,6 +171,12 @@ class BatchBackend(Backend):
             raise
         laps.lap("gateway_start")
         register_secret(info.token)
+        if not info.cert:
+            log.warning(
+                "the gateway of job %s speaks plain HTTP (no openssl on the node, or "
+                "JLABGW_GATEWAY_TLS=0): its port is not authenticated; see the job log",
+                job.job_id,
+            )
         self._gateway = info
         self._cert_file = self._keep_cert(info)
         await report(0, None, f"opening an SSH tunnel to {info.host}")
@@ -237,6 +250,9 @@ class BatchBackend(Backend):
                 await asyncio.to_thread(self._drop_tunnel)  # the next start reuses the job
                 return replaced
             # the job ended while we looked
+        elif status.active:  # suspended (Grid Engine's s/S/T), requeued: it comes back
+            log.info("batch job %s is %s, not gone: waiting for it", job_id, status.state)
+            return None
         await asyncio.to_thread(self._drop_tunnel)  # the next start submits a new job
         job.forget()
         state = job.status.state if job.status else status.state
