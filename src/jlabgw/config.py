@@ -212,7 +212,9 @@ class Settings(BaseModel):
     )
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
-        return None if value is None else value.expanduser().absolute()
+        # resolved, symlinks too: a notebook's path is its identity (holds, the session
+        # table), and ~/nb -> /data/nb or macOS's /tmp -> /private/tmp must not make two
+        return None if value is None else value.expanduser().resolve()
 
     @field_validator("ssh_port", "ssh_user", "ssh_key", "batch_template", mode="before")
     @classmethod

@@ -73,3 +73,43 @@ async def test_a_second_server_is_refused_a_notebook_the_first_records_into(
     finally:
         await b.aclose()
         await a.aclose()
+
+
+async def test_two_starts_at_once_on_one_notebook_give_one_session(tmp_path: Path) -> None:
+    """resume and resume (or start_notebook) racing on the same file: the session table
+    itself refuses the second, so one notebook never gets two recorders."""
+    import asyncio
+
+    settings = settings_for(tmp_path)
+    manager = SessionManager(settings, FakeBackend(), starter=FakeStarter(FakeGateway()))
+    try:
+        first = await manager.start_new("base", notebook_path="race.ipynb")
+        await manager.shutdown(first["session_id"])
+        results = await asyncio.gather(
+            manager.resume("a", "race.ipynb"),
+            manager.resume("b", "race.ipynb"),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(r, SessionBusyError) for r in results) == 1, results
+        assert len(manager.list()) == 1
+    finally:
+        await manager.aclose()
+
+
+async def test_a_notebook_dir_behind_a_symlink_is_one_notebook(tmp_path: Path) -> None:
+    """~/nb -> /data/nb (macOS: /tmp -> /private/tmp): the paths are resolved, so the same
+    file is recognised as held whichever way it was named."""
+    real = tmp_path / "real-notebooks"
+    real.mkdir()
+    link = tmp_path / "nb-link"
+    link.symlink_to(real)
+    settings = settings_for(tmp_path, notebook_dir=str(link))
+    assert settings.notebook_dir == real.resolve()
+    manager = SessionManager(settings, FakeBackend(), starter=FakeStarter(FakeGateway()))
+    try:
+        info = await manager.start_new("exp")  # named after the experiment, in the dir
+        assert Path(info["notebook_path"]).parent == real.resolve()
+        with pytest.raises(SessionBusyError):
+            await manager.resume("again", str(link / Path(info["notebook_path"]).name))
+    finally:
+        await manager.aclose()

@@ -196,18 +196,27 @@ class Reattach:
         doc = NotebookDoc.open(path, self._writer)
         conn.execution_count = None  # what the previous server last saw is not known
         session = Session.from_record(record, conn, doc, self._default_kernel)
+        try:  # the notebook first: held by another server meanwhile, nothing is adopted
+            self._sessions.add(session)
+        except BaseException:
+            await conn.close()
+            raise
         running = record.get("running")
-        if running and running.get("msg_id") and running.get("cell_index") is not None:
-            execution_id = running.get("execution_id")
-            self._runner.adopt(
-                session,
-                str(execution_id) if execution_id else None,
-                str(running["msg_id"]),
-                int(running["cell_index"]),
-            )
-        else:
-            await conn.connect()  # replays anything buffered for the session id (ignored)
-        self._sessions.add(session)
+        try:
+            if running and running.get("msg_id") and running.get("cell_index") is not None:
+                execution_id = running.get("execution_id")
+                self._runner.adopt(
+                    session,
+                    str(execution_id) if execution_id else None,
+                    str(running["msg_id"]),
+                    int(running["cell_index"]),
+                )
+            else:
+                await conn.connect()  # replays anything buffered for the session id (ignored)
+        except BaseException:
+            self._sessions.remove(session.id)
+            await conn.close()
+            raise
         log.info("took back session %s: kernel %s, notebook %s", session.id, kernel_id, path)
 
     async def hand_over(self) -> None:

@@ -184,7 +184,9 @@ class SessionTable:
         return iter(list(self._by_id.values()))
 
     def add(self, session: Session) -> None:
-        """Raises :class:`SessionBusyError` if another live server holds the notebook."""
+        """Raises :class:`SessionBusyError` if another session here, or another live server,
+        holds the notebook."""
+        self.refuse_if_held_here(session.doc.path)
         if self._holds is not None:
             try:
                 self._holds.take(session.doc.path, session.id)
@@ -241,15 +243,19 @@ class SessionTable:
         """The session whose notebook is ``path``, if any."""
         return next((s for s in self._by_id.values() if s.doc.path == path), None)
 
-    def refuse_if_held(self, path: Path) -> None:
-        """Raises :class:`SessionBusyError` if a session here or of another live server of
-        this user records into ``path``."""
+    def refuse_if_held_here(self, path: Path) -> None:
+        """Raises :class:`SessionBusyError` if a session of this table records into ``path``."""
         holder = self.holder_of(path)
         if holder is not None:
             raise SessionBusyError(
                 f"{path.name} is already open in session {holder.id}; keep using that session, "
                 "or shutdown_session it first (start_session_continue_notebook forks a copy)"
             )
+
+    def refuse_if_held(self, path: Path) -> None:
+        """Raises :class:`SessionBusyError` if a session here or of another live server of
+        this user records into ``path``."""
+        self.refuse_if_held_here(path)
         if self._holds is not None:
             try:
                 self._holds.refuse_if_held(path)
