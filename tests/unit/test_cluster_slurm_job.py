@@ -277,3 +277,91 @@ def test_a_stale_connection_file_of_a_reused_job_id_is_removed_at_submission(
     assert host.commands.index(["rm", "-f", f"{CONN_DIR}/jlabgw-100.json"]) > [
         c[0] for c in host.commands
     ].index("sbatch")
+
+
+async def test_the_progress_names_slurms_start_estimate_while_pending(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """squeue's %S of a pending job is the backfill scheduler's start estimate, asked in epoch
+    seconds (the login node's zone does not matter); "N/A" while there is none."""
+    monkeypatch.setattr(job_module, "_wall", lambda: 1_800_000_000.0)
+    host = FakeLoginNode([("PENDING", "Resources"), ("PENDING", "Resources"), ("RUNNING", "None")])
+    job = make_job(host, settings, tmp_path)
+    job.reuse_or_submit()
+    heard: list[str] = []
+
+    async def progress(done: float, total: float | None, message: str) -> None:
+        heard.append(message)
+        host.jobs["100"]["start"] = str(1_800_000_000 + 12 * 60)  # backfill found a slot
+
+    await job.wait_running(progress)
+    squeue = next(c for c in host.commands if "squeue" in c)
+    assert squeue[:2] == ["env", "SLURM_TIME_FORMAT=%s"]
+    assert [m.split(" (")[0] for m in heard] == [
+        "job 100 pending: Resources",
+        "job 100 pending: Resources; SLURM expects it to start at 08:12 UTC, in about 12 min",
+    ]
+
+
+def test_one_squeue_covers_every_active_job_on_the_login_node(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Two jobs of one server on one login node (a resource shape beside the default job):
+    one status query asks for both, and the other's status is then fresh without a query."""
+    host = FakeLoginNode([("PENDING", "Priority")])
+    first = make_job(host, settings, tmp_path)
+    first.reuse_or_submit()
+    shaped = BatchJob(
+        SlurmScheduler(host),
+        make_settings(tmp_path, job_name="nbjob-gpu"),
+        JobFiles(CONN_DIR),
+        tmp_path / "state" / "slurm-nbjob-gpu.json",
+    )
+    shaped.reuse_or_submit()
+    shaped.refresh()
+    host.commands.clear()
+
+    first.refresh()
+    squeues = [c for c in host.commands if "squeue" in c]
+    assert len(squeues) == 1
+    assert squeues[0][squeues[0].index("-j") + 1] == "100,101"
+    assert shaped.status is not None
+    assert shaped.status.job_id == "101"
+    assert shaped.refresh(max_age=30).reason == "Priority"
+    assert [c for c in host.commands if "squeue" in c] == squeues  # served by the first query
+
+    host.jobs["101"].update(state="COMPLETED", fixed="1")
+    shaped.refresh()
+    host.commands.clear()
+    first.refresh()  # an ended job is no longer asked about
+    assert [c[c.index("-j") + 1] for c in host.commands if "squeue" in c] == ["100"]
+
+
+def test_a_job_the_shared_query_no_longer_lists_is_asked_about_alone(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """What squeue no longer lists may have ended (sacct knows) or be another cluster's
+    (never trust one login node's silence about another's job): asked on its own host."""
+    host = FakeLoginNode()
+    first = make_job(host, settings, tmp_path)
+    first.reuse_or_submit()
+    other = BatchJob(
+        SlurmScheduler(host),
+        make_settings(tmp_path, job_name="other"),
+        JobFiles(CONN_DIR),
+        tmp_path / "state" / "slurm-other.json",
+    )
+    other.reuse_or_submit()
+    del host.jobs["100"]  # SLURM forgot job 100
+    host.commands.clear()
+    assert first.refresh().state == "GONE"
+    assert [c[c.index("-j") + 1] for c in host.commands if c[0] in ("env", "sacct")] == [
+        "100,101",
+        "100",
+        "100",
+    ]
+    assert [c[0] if c[0] != "env" else c[2] for c in host.commands] == [
+        "squeue",
+        "squeue",
+        "sacct",
+    ]

@@ -60,6 +60,8 @@ ALIVE_CHECK_EVERY = 1.0
 REPLACE_WAIT = 60.0  # how long a dead gateway's restart in the job may take
 REPLACE_POLL = 0.5
 
+_DUE_SLACK = 1e-6  # a status this much short of max_age is due (sleeps end on float sums)
+
 # The clocks and the sleep of the waits: tests and benchmarks run hours of them in virtual time.
 _now = time.monotonic
 _wall = time.time
@@ -234,7 +236,8 @@ class BatchJob:
         queue = self._queue
         with queue.lock:
             seen = self.status
-            if seen is not None and seen.job_id == job_id and _now() - self._status_at < max_age:
+            fresh = _now() - self._status_at < max_age - _DUE_SLACK
+            if seen is not None and seen.job_id == job_id and fresh:
                 return seen
             asked = _now()
             with _queues_lock:
