@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jlabgw.fsutil import ensure_private_dir, write_private_file
-from jlabgw.processes import pid_alive
+from jlabgw.processes import identity_alive, pid_alive, process_identity
 from jlabgw.sessions.status import ServerStatus
 
 # pid_alive lives in the foundation (jlabgw.processes); still importable from here
@@ -31,10 +31,21 @@ class ServerStateFile:
     def __init__(self, state_dir: Path) -> None:
         self.path = ensure_private_dir(state_dir / "servers") / f"{os.getpid()}.json"
         self.started_at = time.time()
+        # pid + start time: `jlabgw stop` must never signal a process that reused the pid
+        self.identity = process_identity(os.getpid()) or str(os.getpid())
+        self._gateway_identity: tuple[int, str] | None = None
 
     def update(self, status: ServerStatus) -> None:
+        gateway_pid = status.backend.gateway.pid
+        if isinstance(gateway_pid, int) and (
+            self._gateway_identity is None or self._gateway_identity[0] != gateway_pid
+        ):
+            found = process_identity(gateway_pid)
+            self._gateway_identity = (gateway_pid, found) if found else None
         data = {
             "pid": os.getpid(),
+            "process": self.identity,
+            "gateway_process": self._gateway_identity[1] if self._gateway_identity else None,
             "started_at": self.started_at,
             "updated_at": time.time(),
             **status.to_dict(),
@@ -92,9 +103,9 @@ def read_server_states(state_dir: Path) -> list[ServerState]:
             log.warning("ignoring unreadable state file %s", path)
             continue
         orphan = None
-        if not pid_alive(pid):
+        if not _alive(pid, data.get("process")):
             gateway_pid = status.backend.gateway.pid
-            if isinstance(gateway_pid, int) and pid_alive(gateway_pid):
+            if isinstance(gateway_pid, int) and _alive(gateway_pid, data.get("gateway_process")):
                 orphan = gateway_pid
             else:
                 path.unlink(missing_ok=True)
@@ -111,3 +122,11 @@ def read_server_states(state_dir: Path) -> list[ServerState]:
             )
         )
     return states
+
+
+def _alive(pid: int, identity: object) -> bool:
+    """Whether ``pid`` still is the process the file recorded: by pid and start time when the
+    file has them (a recycled pid is another process), else by pid alone (older files)."""
+    if isinstance(identity, str) and identity:
+        return identity_alive(identity)
+    return pid_alive(pid)
