@@ -62,7 +62,7 @@ def test_insert_remove_move(tmp_path: Path, writer: NotebookWriter) -> None:
     doc, (a, b, c) = notebook(tmp_path, writer)
     assert doc.insert_cell(new_markdown_cell("m"), b) == 1
     assert doc.remove_cell(a) == 0
-    assert doc.move_cell(c, 0) == 2
+    assert doc.move_cell(c, 0) == (2, 0)
     doc.flush()
     assert sources(doc.path) == ["c", "m", "b"]
     with pytest.raises(CellIndexError, match="no longer in"):

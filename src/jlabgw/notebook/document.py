@@ -186,13 +186,24 @@ class NotebookDoc:
                 del nb.cells[at]
             return at
 
-    def move_cell(self, cell: NotebookNode, to: int) -> int:
-        """Move ``cell`` so that it ends at index ``to`` (0 <= to < len(cells)); where it was."""
+    def move_cell(self, cell: NotebookNode, to: int) -> tuple[int, int]:
+        """Move ``cell`` so that it ends at index ``to`` (negative from the end, checked under
+        the same lock as the move: a person's edit merged in between cannot shift it); where
+        it was and where it is."""
         with self._lock:
+            to = self.cell_index(to)
             at = self.index_of(cell)
             with self.editing(cell) as nb:
                 nb.cells.insert(to, nb.cells.pop(at))
-            return at
+            return at, to
+
+    def cell_at(self, index: int) -> tuple[int, NotebookNode]:
+        """The cell at ``index`` (negative from the end) and its index, found under one hold
+        of the lock: the writer thread merging a person's save cannot slip in between and
+        make the index name another cell."""
+        with self._lock:
+            at = self.cell_index(index)
+            return at, self.nb.cells[at]
 
     def cell_index(self, index: int) -> int:
         """Normalise a possibly negative index; raise a helpful error when out of range.

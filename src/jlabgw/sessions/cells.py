@@ -68,15 +68,21 @@ class Cells:
         queue: bool = False,
     ) -> ExecutionResult:
         """Run code cell ``cell_index`` again as it is: its outputs replaced, a new count."""
-        index = session.doc.cell_index(cell_index)
-        cell = session.doc.nb.cells[index]
+        index, cell = session.doc.cell_at(cell_index)
         if cell.cell_type != "code":
             raise CellIndexError(
                 f"cell {index} is a {cell.cell_type} cell; only code cells run (edit_cell "
                 "changes its text)"
             )
         return await self._runner.run(
-            session, index, None, progress, wait=wait, cell_timeout=cell_timeout, queue=queue
+            session,
+            index,
+            None,
+            progress,
+            wait=wait,
+            cell_timeout=cell_timeout,
+            queue=queue,
+            cell=cell,
         )
 
     async def edit(
@@ -89,13 +95,12 @@ class Cells:
         wait: float | None = None,
     ) -> ExecutionResult | str:
         """Replace a cell's source. Code cells are re-executed; markdown cells just change."""
-        index = session.doc.cell_index(cell_index)
-        cell = session.doc.nb.cells[index]
+        index, cell = session.doc.cell_at(cell_index)
         if cell.cell_type != "code":
             with session.doc.editing(cell):
                 cell.source = code
             return f"cell {index} ({cell.cell_type}) updated; not executed" + conflict_note(session)
-        return await self._runner.run(session, index, code, progress, wait=wait)
+        return await self._runner.run(session, index, code, progress, wait=wait, cell=cell)
 
     def add_markdown(self, session: Session, markdown: str, cell_index: int = -1) -> dict[str, Any]:
         """A markdown cell that lands at ``cell_index`` (-1: appended)."""
@@ -123,15 +128,13 @@ class Cells:
         """Move cell ``from_index`` so that it ends at ``to_index``; refused for the running
         cell (other cells may move around it)."""
         cell = self._cell(session, from_index, "move")
-        to = session.doc.cell_index(to_index)
-        was = session.doc.move_cell(cell, to)
+        was, to = session.doc.move_cell(cell, to_index)
         self._changed()
         return _answer(session, moved_from=was, cell_index=to, cells=len(session.doc.nb.cells))
 
     @staticmethod
     def _cell(session: Session, cell_index: int, verb: str) -> NotebookNode:
-        index = session.doc.cell_index(cell_index)
-        cell: NotebookNode = session.doc.nb.cells[index]
+        index, cell = session.doc.cell_at(cell_index)
         busy = session.busy_with()
         if busy is not None and busy.cell is cell:
             raise SessionBusyError(

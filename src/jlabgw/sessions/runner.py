@@ -75,9 +75,11 @@ class Runner:
         cell_timeout: float | None = None,
         queue: bool = False,
         before: NotebookNode | None = None,
+        cell: NotebookNode | None = None,
     ) -> ExecutionResult:
         """Run ``code`` in a new cell (index None; put before the cell ``before``, or at the
-        end) or in cell ``index`` (new source if given).
+        end) or in cell ``index`` (new source if given). ``cell``: that cell itself, found
+        with its index under the document's lock (:meth:`NotebookDoc.cell_at`).
 
         Waits up to ``wait`` seconds (None: until done); a run still going then is reported
         with the output so far and goes on (``get_execution`` follows it). ``cell_timeout``
@@ -100,7 +102,9 @@ class Runner:
             )
         execution = Execution(session.doc, cell_timeout)
         # the cell itself, not its index: a person's edit merged meanwhile may move it
-        target = session.doc.nb.cells[index] if index is not None else None
+        target = cell
+        if target is None and index is not None:
+            target = session.doc.cell_at(index)[1]
         # The execution is its own task: a caller that stops waiting (or is cancelled)
         # leaves the cell running and recording into the notebook.
         run = self._execution(session, execution, target, code, before)
