@@ -4,6 +4,7 @@ and open notebooks; and scratch runs, recorded in none. Declared like those in
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastmcp import Context
@@ -97,7 +98,10 @@ async def read_notebook(
     shows the next ones (meta.next_start).
     """
     manager = _sessions(ctx)
-    page = manager.notebooks.read(notebook_path, session_id, start, count, images)
+    # off the event loop: a big notebook's parse must not stall the kernels' I/O
+    page = await asyncio.to_thread(
+        manager.notebooks.read, notebook_path, session_id, start, count, images
+    )
     result = text_result(page.text)
     result.content += image_blocks(page.images, limits_for(manager.settings))
     result.meta = page.meta()
@@ -108,7 +112,7 @@ async def list_notebooks(ctx: Context) -> list[dict[str, Any]]:
     """Notebooks in the notebook directory: path (relative, as notebook_path takes it), size
     in bytes, modified (UTC), cells, and held_by (the session recording into it, of this
     server or another one) or null."""
-    return _sessions(ctx).notebooks.list()
+    return await asyncio.to_thread(_sessions(ctx).notebooks.list)  # reads every file
 
 
 async def start_notebook(
