@@ -55,6 +55,7 @@ class Scratch:
         # throwaway kernels' runs by scratch id, running or recently finished (oldest first)
         self._throwaway: OrderedDict[str, Session] = OrderedDict()
         self._ending: set[asyncio.Task[None]] = set()
+        self._closing = False  # aclose() ends the kernels itself
 
     def get(self, scratch_id: str) -> Session | None:
         """A throwaway run's stand-in session, for ``get_execution``."""
@@ -140,6 +141,8 @@ class Scratch:
         return dataclasses.replace(result, session_id=temp.id)
 
     def _end_later(self, temp: Session) -> None:
+        if self._closing:  # aclose ends it itself; a task now would outlive the drain
+            return
         task = background(self._end(temp), f"shutting down scratch kernel {temp.kernel_id} failed")
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
@@ -150,6 +153,7 @@ class Scratch:
 
     async def aclose(self) -> None:
         """Shut down the throwaway kernels of runs still going (bounded, as discard is)."""
+        self._closing = True
         for temp in list(self._throwaway.values()):
             if temp.busy_with() is not None:
                 await self._end(temp)
