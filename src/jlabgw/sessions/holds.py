@@ -6,7 +6,9 @@ server of the same user (Claude Desktop and Claude Code side by side), would int
 kernels' cells in one file. Within one server the session table refuses that; across servers
 this file does (``notebooks.json`` in the state dir, 0600, every change a read-modify-write
 under an exclusive ``flock``). An entry whose server is gone (SIGKILLed: it could not remove
-it) is void, so a crash never locks a notebook for good.
+it) is void, so a crash on this host never locks a notebook for good. A server on another host
+(a state dir on a home shared between machines) cannot be checked from here and counts as
+alive: its entry has to be removed from the file by hand if that host crashed.
 """
 
 from __future__ import annotations
