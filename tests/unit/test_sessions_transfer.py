@@ -1,6 +1,7 @@
 """File transfers (sessions.transfer): a copy that fails or is cancelled half-way leaves
 neither a partial file under the final name nor its temporary file; the file taken
-meanwhile is not overwritten; a cluster backend is refused for now."""
+meanwhile is not overwritten; a backend with no way to its node says so (a batch job's node:
+test_sessions_transfer_node.py)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ async def test_a_name_taken_during_the_copy_is_not_overwritten(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst.bin", "src.bin"]
 
 
-async def test_a_cluster_session_is_refused_for_now(manager: SessionManager) -> None:
+async def test_a_backend_without_a_way_to_the_node_is_refused(manager: SessionManager) -> None:
     sid = (await manager.start_new("files"))["session_id"]
-    with pytest.raises(BackendError, match="local backend only for now"):
+    with pytest.raises(BackendError, match="no way to the kernel's node for files"):
         await manager.transfers.upload(manager.get(sid), "a", "b", no_progress)

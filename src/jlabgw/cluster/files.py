@@ -345,7 +345,7 @@ class SSHNodeFiles(NodeFiles):
         try:
             with self._lock:
                 # O_EXCL: never an old file
-                return _SFTPWriter(self._sftp.open(path, "xb"), self._lock, path)
+                return _SFTPWriter(self._sftp.open(path, "wbx"), self._lock, path)
         except (OSError, paramiko.SSHException) as exc:
             raise self._error("create", path, exc) from exc
 
