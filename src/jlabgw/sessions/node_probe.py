@@ -1,9 +1,9 @@
 """What a machine has (``check_resources``): CPUs and load, memory, GPUs, disk.
 
 Standard library only, and nothing of jlabgw: on the local backend :func:`probe` is called
-here; on a cluster this module's source runs in a throwaway kernel on the node
-(:mod:`.resources`), which prints :func:`probe`'s answer as JSON. Every outside call is
-bounded (nvidia-smi: 10 s).
+here; on a cluster this module's source runs on the node, with the job's Python over the SSH
+connection to it (or, if that fails, in a throwaway kernel there; :mod:`.resources`), and
+prints :func:`probe`'s answer as JSON. Every outside call is bounded (nvidia-smi: 10 s).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import socket
 import subprocess
 from typing import Any
 
-__all__ = ["probe"]
+__all__ = ["kernel_cwd", "probe"]
 
 _GIB = 2**30
 _NVIDIA_TIMEOUT = 10.0
@@ -128,3 +128,21 @@ def _disk(where: str) -> dict[str, Any]:
         "total_gib": round(usage.total / _GIB, 2),
         "free_gib": round(usage.free / _GIB, 2),
     }
+
+
+def kernel_cwd(kernel_id: str) -> str | None:
+    """The working directory of the kernel process whose command line names ``kernel_id``
+    (its connection file), from ``/proc``, if it can be found; never this process's own."""
+    if not kernel_id or not os.path.isdir("/proc"):
+        return None
+    needle, me = kernel_id.encode(), str(os.getpid())
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or name == me:
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if needle in f.read():
+                    return os.readlink(f"/proc/{name}/cwd")
+        except OSError:
+            continue
+    return None
