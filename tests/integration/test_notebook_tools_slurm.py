@@ -1,8 +1,9 @@
 """The notebook tools on the slurm backend (a real SLURM, the node reached through the test
-sshd), over MCP stdio: check_resources answered on the job's node by a throwaway kernel that
-is gone afterwards, with the job's id and time left; execute_scratch in a throwaway kernel on
-the job; start_notebook and read_notebook; and the file transfers' refusal (SFTP is not built
-yet)."""
+sshd), over MCP stdio: check_resources answered on the job's node over SSH with no kernel
+started, with the job's id and time left; execute_scratch in a throwaway kernel on the job;
+start_notebook and read_notebook; and a relative remote path refused when the kernel's
+working directory cannot be read (here the job runs as root, the node's SSH user is not).
+The transfers themselves: test_notebook_tools_slurm_files.py."""
 
 from __future__ import annotations
 
@@ -60,7 +61,9 @@ async def test_notebook_tools_on_a_slurm_job(
             assert not result.is_error, text_of(result)
             info = result.structured_content
             assert info["backend"] == "slurm"
-            assert info["asked"] == "a throwaway kernel on the job's node, shut down after"
+            assert info["asked"].startswith("the job's node ("), info["asked"]
+            assert info["asked"].endswith("over SSH, no kernel"), info["asked"]
+            assert await job_kernels(tmp_path, job["id"]) == before  # none started for it
             assert info["host"] == node_host
             assert info["job"]["id"] == job["id"]
             assert info["job"]["state"] == "RUNNING"
@@ -96,4 +99,5 @@ async def test_notebook_tools_on_a_slurm_job(
                 client, "upload_file", session_id=sid, local_path="in.txt", remote_path="in.txt"
             )
             assert refused.is_error
-            assert "local backend only for now (this session runs on slurm" in text_of(refused)
+            assert "cannot find the working directory of session" in text_of(refused)
+            assert "an absolute remote_path under" in text_of(refused)
