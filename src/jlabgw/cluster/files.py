@@ -205,10 +205,15 @@ class _SFTPReader(NodeReader):
     def read(self, offset: int, size: int) -> bytes:
         # readv pipelines the block's requests (one round trip per block, not per 32 KiB)
         # and keeps no more than the block in memory, unlike a whole-file prefetch
-        end = offset + size
-        chunks = [(o, min(_READ_AHEAD, end - o)) for o in range(offset, end, _READ_AHEAD)]
         try:
             with self._lock:
+                # never a request past the end (paramiko waits for such a read's data until
+                # the channel's timeout): a file that shrank reads short instead
+                size = min(size, (self._fh.stat().st_size or 0) - offset)
+                if size <= 0:
+                    return b""
+                end = offset + size
+                chunks = [(o, min(_READ_AHEAD, end - o)) for o in range(offset, end, _READ_AHEAD)]
                 return b"".join(self._fh.readv(chunks))
         except EOFError:  # the file shrank under us: the caller sees a short read
             return b""
