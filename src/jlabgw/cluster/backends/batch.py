@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 _NOTICE_REFRESH = 60.0
 
 
+# A job in these states still holds its kernels and comes back (SLURM's scontrol suspend,
+# Grid Engine's s/S/T); COMPLETING and the rest are on their way out.
+_PAUSED = frozenset({"SUSPENDED", "STOPPED"})
+
+
 class _Laps:
     """Seconds per start-up step, for status and benchmarks."""
 
@@ -105,7 +110,7 @@ class BatchBackend(Backend):
                 status = await asyncio.to_thread(job.refresh)
                 if status.running:
                     return self._endpoint
-                if status.active:  # suspended or requeued: its kernels are still there
+                if status.state in _PAUSED:  # suspended: its kernels are still there
                     raise BackendError(
                         f"batch job {job.job_id} is {status.state} "
                         f"({status.reason or 'no reason given'}); its kernels wait with it. "
@@ -250,7 +255,7 @@ class BatchBackend(Backend):
                 await asyncio.to_thread(self._drop_tunnel)  # the next start reuses the job
                 return replaced
             # the job ended while we looked
-        elif status.active:  # suspended (Grid Engine's s/S/T), requeued: it comes back
+        elif status.state in _PAUSED:  # suspended (Grid Engine's s/S/T): it comes back
             log.info("batch job %s is %s, not gone: waiting for it", job_id, status.state)
             return None
         await asyncio.to_thread(self._drop_tunnel)  # the next start submits a new job
