@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from jlabgw.cluster.files import Node, NodeFiles, NodeReader, NodeStat, NodeWriter
-from jlabgw.errors import KernelError, NotebookError, SSHError
+from jlabgw.errors import KernelError, NotebookError, SessionLostError, SSHError
 from jlabgw.progress import no_progress
 from jlabgw.sessions import transfer
 from jlabgw.sessions.manager import SessionManager
-from tests.session_fakes import FakeBackend, FakeStarter, settings_for
+from tests.session_fakes import FakeBackend, FakeGateway, FakeStarter, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -366,3 +366,13 @@ async def test_a_download_stopped_half_way_leaves_nothing_here(
     folder = notebooks(manager) / "res"
     assert list(folder.iterdir()) == []
     assert node.opened == node.closed == 1
+
+
+async def test_a_session_whose_job_is_gone_is_told_so_and_no_job_started(
+    manager: SessionManager, sid: str, node: FakeNode, gateway: FakeGateway
+) -> None:
+    local_file(manager, "a.txt", b"x")
+    gateway.lost_reason = "batch job 7 is no longer running (TIMEOUT)"
+    with pytest.raises(SessionLostError, match="batch job 7 is no longer running"):
+        await manager.transfers.upload(manager.get(sid), "a.txt", "a.txt", no_progress)
+    assert node.opened == 0

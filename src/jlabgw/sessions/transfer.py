@@ -37,7 +37,13 @@ from typing import Any, BinaryIO, TypeVar
 
 from jlabgw.cluster.files import Node, NodeFiles, NodeStat, NodeWriter
 from jlabgw.config import Settings
-from jlabgw.errors import BackendError, JlabgwError, KernelError, NotebookError
+from jlabgw.errors import (
+    BackendError,
+    JlabgwError,
+    KernelError,
+    NotebookError,
+    SessionLostError,
+)
 from jlabgw.notebook.paths import confine
 from jlabgw.progress import Progress
 from jlabgw.sessions.lanes import Lanes
@@ -106,6 +112,9 @@ class Transfers:
         backend = self._lanes.backend(session.lane)
         if backend.name == "local":
             return None
+        why = await session.conn.gateway_lost()  # never a new job for a gone session's files
+        if why:
+            raise SessionLostError(session.lost_message(why))
         await self._lanes.gateway(progress, session.lane)  # the job (and its tunnel) is up
         node = backend.node()
         if node is None:
