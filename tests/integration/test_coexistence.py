@@ -181,8 +181,10 @@ async def test_a_killed_server_without_sessions_does_not_hold_the_job(
 def read_lease(root: Path, name: str) -> dict[str, Any]:
     """The job record the servers under ``root`` share (tests.helpers.server_env's state dir)."""
     try:
-        data: dict[str, Any] = json.loads((root / "state" / f"slurm-{name}.json").read_text())
-    except (OSError, ValueError):
+        # one record per cluster: slurm-NAME@LOGIN_PORT.json
+        [path] = (root / "state").glob(f"slurm-{name}@*.json")
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: no record (yet), or not one file
         return {}
     return data
 

@@ -365,3 +365,19 @@ def test_a_job_the_shared_query_no_longer_lists_is_asked_about_alone(
         "squeue",
         "sacct",
     ]
+
+
+def test_one_lease_record_per_cluster(tmp_path: Path) -> None:
+    """Two clusters' jobs of the same name (two servers, or a server and a profile) must not
+    take each other's record: it is keyed by the login node too."""
+    from jlabgw.cluster.job import state_file_for
+
+    a = make_settings(tmp_path, ssh_host="alice@login.a.example.org")
+    b = make_settings(tmp_path, ssh_host="alice@login.b.example.org", ssh_port="2222")
+    here = make_settings(tmp_path)
+    names = {state_file_for(s, "slurm").name for s in (a, b, here)}
+    assert names == {
+        "slurm-jlabgw@alice_login.a.example.org.json",
+        "slurm-jlabgw@alice_login.b.example.org_2222.json",
+        "slurm-jlabgw.json",
+    }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 import weakref
@@ -34,7 +35,7 @@ from jlabgw.cluster.connection_file import (
     read_connection_file,
 )
 from jlabgw.cluster.host import Host, LocalHost, SSHHost, expand_home, host_for
-from jlabgw.cluster.leases import JobLeases
+from jlabgw.cluster.leases import JobLeases, describe_holders
 from jlabgw.cluster.scheduler import JobStatus, Scheduler
 from jlabgw.config import Settings
 from jlabgw.errors import BackendError, JlabgwError
@@ -203,13 +204,8 @@ class BatchJob:
         holder. Returns the live holders that keep it (then it was not cancelled)."""
         if self.job_id is None:
             return []
-        try:
-            others = self.leases.release(self.job_id, self.cancel_quietly if cancel else None)
-        except OSError as exc:  # the lease file is unwritable: cancelling is the safe default
-            log.warning("cannot update the job lease %s: %s", self.leases.path, exc)
-            if cancel:
-                self.cancel_quietly()
-            return []
+        # (release never cancels over a record it cannot read: the idle timeout ends the job)
+        others = self.leases.release(self.job_id, self.cancel_quietly if cancel else None)
         if not others and cancel:
             self.job_id = None
         return others
@@ -286,14 +282,24 @@ class BatchJob:
                 )
             hopeless = self.scheduler.hopeless_reason(status)
             if hopeless or waited > self._settings.queue_timeout:
-                await asyncio.to_thread(self.cancel_quietly)
+                if hopeless:  # it never starts, for anybody waiting on it
+                    await asyncio.to_thread(self.cancel_quietly)
+                    fate = "it was cancelled"
+                else:  # our patience is over; another server of ours may wait on
+                    others = await asyncio.to_thread(self.leave, True)
+                    fate = (
+                        f"it stays queued for the other jlabgw server(s) waiting on it "
+                        f"({describe_holders(others)})"
+                        if others
+                        else "it was cancelled"
+                    )
                 why = hopeless or (
                     f"still {status.state} after {self._settings.queue_timeout:.0f} s "
                     "(JLABGW_QUEUE_TIMEOUT)"
                 )
                 raise BackendError(
                     f"batch job {job_id} cannot start: {why} ({self.scheduler.label} reason: "
-                    f"{status.reason or 'none given'}); it was cancelled. Adjust the "
+                    f"{status.reason or 'none given'}); {fate}. Adjust the "
                     f"{self.scheduler.settings_hint} settings or try again later"
                 )
             await report(waited, None, self._waiting(status, waited))
@@ -431,5 +437,17 @@ def private_connection_dir(host: Host, conn_dir: str) -> None:
 
 
 def state_file_for(settings: Settings, backend: str) -> Path:
-    """Where this machine records ``backend``'s job of ``settings.job_name`` (to reuse it)."""
-    return settings.state_dir / f"{backend}-{settings.job_name}.json"
+    """Where this machine records ``backend``'s job of ``settings.job_name`` on its cluster
+    (to reuse and lease it): one record per cluster, so two clusters' jobs of the same name
+    never take each other's place (see :func:`cluster_key`)."""
+    return settings.state_dir / f"{cluster_key(settings, backend)}.json"
+
+
+def cluster_key(settings: Settings, backend: str) -> str:
+    """``backend-jobname``, with the login node (``@user_host_port``) when there is one."""
+    key = f"{backend}-{settings.job_name}"
+    if settings.ssh_host:
+        key += "@" + re.sub(r"[^A-Za-z0-9._-]", "_", settings.ssh_host)
+        if settings.ssh_port:
+            key += f"_{settings.ssh_port}"
+    return key

@@ -33,7 +33,7 @@ from jlabgw.cluster.backends.status import BackendStatus, GatewayStatus, JobInfo
 from jlabgw.cluster.connection_file import GatewayInfo
 from jlabgw.cluster.files import Node, SSHNode
 from jlabgw.cluster.host import Host
-from jlabgw.cluster.job import BatchJob
+from jlabgw.cluster.job import BatchJob, cluster_key
 from jlabgw.cluster.leases import describe_holders
 from jlabgw.cluster.scheduler import Scheduler
 from jlabgw.cluster.ssh.tunnel import NodeTunnel, node_connector
@@ -214,7 +214,7 @@ class BatchBackend(Backend):
         self._endpoint = None
 
     def registry_name(self) -> str | None:
-        return f"{self.name}-{self._settings.job_name}.json"
+        return f"{cluster_key(self._settings, self.name)}.json"
 
     def keeps_kernels(self) -> bool:
         return self._settings.keep_job
