@@ -180,8 +180,8 @@ async def check_resources(
     free disk where the kernel works, and the batch job (id, node, time left).
 
     Use it before a big computation (will it fit, is the GPU free) and when a job may end
-    soon. On the local backend this machine is asked directly; on a cluster a throwaway
-    kernel on the node answers (recorded nowhere).
+    soon. Asked directly, no kernel started: this machine on the local backend, the
+    session's compute node over SSH on a cluster.
     """
     manager = _sessions(ctx)
     session = manager.get(session_id) if session_id is not None else None
@@ -210,7 +210,7 @@ async def upload_file(
     """Copy a file from the notebook directory to where the session's kernel works, e.g. a
     data set for the kernel to load. Size capped (JLABGW_TRANSFER_MAX_BYTES, 1 GiB); an
     existing file is kept unless overwrite; a failed copy leaves no partial file. Returns the
-    paths, bytes and seconds. Local backend only for now."""
+    paths, bytes and seconds. On a cluster the copy goes over SSH (SFTP) to the node."""
     manager = _sessions(ctx)
     return await manager.transfers.upload(
         manager.get(session_id), local_path, remote_path, _progress(ctx), overwrite
@@ -234,7 +234,7 @@ async def download_file(
 ) -> dict[str, Any]:
     """Copy a file the session's kernel wrote (results, a model, a figure) into the
     notebook directory. Size capped, no overwrite unless asked, never half-written, as
-    upload_file. Local backend only for now."""
+    upload_file; on a cluster over SSH (SFTP) from the node."""
     manager = _sessions(ctx)
     return await manager.transfers.download(
         manager.get(session_id), remote_path, local_path, _progress(ctx), overwrite
