@@ -691,3 +691,35 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- what the gridengine backend's test servers are given ---------------------------------
+
+
+def ge_env(tmp_path: Path, login: SSHDServer, **extra: str) -> dict[str, str]:
+    """A "laptop" jlabgw server's environment for the ``gridengine`` backend: qsub/qstat/qdel
+    only through the ``login`` sshd, which is the compute node's too (one machine)."""
+    import pytest  # here: `python -m tests.gridengine up` needs no pytest
+
+    from tests.slurm import JOB_VENV
+
+    if not (JOB_VENV / "bin" / "python").exists():
+        pytest.skip(f"no job Python at {JOB_VENV} (run tests/cluster/setup-system.sh)")
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {
+        "HOME": str(home),
+        "JLABGW_BACKEND": "gridengine",
+        "JLABGW_SSH_HOST": login.host,
+        "JLABGW_SSH_PORT": str(login.port),
+        "JLABGW_SSH_USER": login.user,
+        "JLABGW_SSH_KEY": str(login.client_key),
+        "JLABGW_KNOWN_HOSTS": str(login.known_hosts),
+        "JLABGW_SSH_CONFIG": str(tmp_path / "no-ssh-config"),
+        "JLABGW_COMPUTE_SSH_PORT": str(login.port),
+        "JLABGW_REMOTE_SETUP": f". {JOB_VENV}/bin/activate",
+        "JLABGW_GE_H_RT": "0:10:00",
+        "JLABGW_JOB_IDLE_TIMEOUT": "0",
+        "JLABGW_WALLTIME_WARN": "0",
+        **extra,
+    }

@@ -17,38 +17,12 @@ import anyio
 import nbformat
 import pytest
 
-from tests.gridengine import GridEngineCluster
+from tests.gridengine import GridEngineCluster, ge_env
 from tests.helpers import PYTHON, server_env, wait_until
 from tests.mcp_client import call, new_session, serve, status, text_of
-from tests.slurm import JOB_VENV
 from tests.sshd import SSHDServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
-
-
-def ge_env(tmp_path: Path, login: SSHDServer, **extra: str) -> dict[str, str]:
-    """A "laptop" server: qsub/qstat/qdel only through the login node, whose sshd is the
-    compute node's too (one machine)."""
-    if not (JOB_VENV / "bin" / "python").exists():
-        pytest.skip(f"no job Python at {JOB_VENV} (run tests/cluster/setup-system.sh)")
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    return {
-        "HOME": str(home),
-        "JLABGW_BACKEND": "gridengine",
-        "JLABGW_SSH_HOST": login.host,
-        "JLABGW_SSH_PORT": str(login.port),
-        "JLABGW_SSH_USER": login.user,
-        "JLABGW_SSH_KEY": str(login.client_key),
-        "JLABGW_KNOWN_HOSTS": str(login.known_hosts),
-        "JLABGW_SSH_CONFIG": str(tmp_path / "no-ssh-config"),
-        "JLABGW_COMPUTE_SSH_PORT": str(login.port),
-        "JLABGW_REMOTE_SETUP": f". {JOB_VENV}/bin/activate",
-        "JLABGW_GE_H_RT": "0:10:00",
-        "JLABGW_JOB_IDLE_TIMEOUT": "0",
-        "JLABGW_WALLTIME_WARN": "0",
-        **extra,
-    }
 
 
 def qstat_state(cluster: GridEngineCluster, job_id: str) -> str:

@@ -15,38 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gridengine import GridEngineCluster
+from tests.gridengine import GridEngineCluster, ge_env
 from tests.helpers import gateway_base
 from tests.mcp_client import call, new_session, serve, status, text_of
-from tests.slurm import JOB_VENV
 from tests.sshd import SSHDServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 PAYLOAD = bytes(range(256)) * 700
-
-
-def ge_env(tmp_path: Path, login: SSHDServer, **extra: str) -> dict[str, str]:
-    if not (JOB_VENV / "bin" / "python").exists():
-        pytest.skip(f"no job Python at {JOB_VENV} (run tests/cluster/setup-system.sh)")
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    return {
-        "HOME": str(home),
-        "JLABGW_BACKEND": "gridengine",
-        "JLABGW_SSH_HOST": login.host,
-        "JLABGW_SSH_PORT": str(login.port),
-        "JLABGW_SSH_USER": login.user,
-        "JLABGW_SSH_KEY": str(login.client_key),
-        "JLABGW_KNOWN_HOSTS": str(login.known_hosts),
-        "JLABGW_SSH_CONFIG": str(tmp_path / "no-ssh-config"),
-        "JLABGW_COMPUTE_SSH_PORT": str(login.port),
-        "JLABGW_REMOTE_SETUP": f". {JOB_VENV}/bin/activate",
-        "JLABGW_GE_H_RT": "0:10:00",
-        "JLABGW_JOB_IDLE_TIMEOUT": "0",
-        "JLABGW_WALLTIME_WARN": "0",
-        **extra,
-    }
 
 
 async def gateway_kernels(conn_file: Path) -> set[str]:
