@@ -61,3 +61,28 @@ async def test_a_backend_without_a_way_to_the_node_is_refused(manager: SessionMa
     sid = (await manager.start_new("files"))["session_id"]
     with pytest.raises(BackendError, match="no way to the kernel's node for files"):
         await manager.transfers.upload(manager.get(sid), "a", "b", no_progress)
+
+
+async def test_a_kernel_working_in_the_root_dir_confines_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An MCP client that starts the server (so the local kernels) in / must not make every
+    absolute path fair game: / is no root files may go under."""
+    from tests.session_fakes import FakeBackend, FakeGateway, FakeStarter, settings_for
+
+    class HereBackend(FakeBackend):
+        name = "local"  # the copy path of this machine
+
+    settings = settings_for(tmp_path)
+    manager = SessionManager(settings, HereBackend(), starter=FakeStarter(FakeGateway()))
+    monkeypatch.setattr(transfer, "kernel_cwd", lambda kernel_id: "/")
+    settings.notebook_dir.mkdir(parents=True, exist_ok=True)
+    (settings.notebook_dir / "data.csv").write_text("1,2\n")
+    try:
+        sid = (await manager.start_new("files"))["session_id"]
+        for remote in ("/etc/jlabgw-test-never", "jlabgw-test-never"):
+            with pytest.raises(NotebookError, match="outside the places files may go"):
+                await manager.transfers.upload(manager.get(sid), "data.csv", remote, no_progress)
+        assert not Path("/etc/jlabgw-test-never").exists()
+    finally:
+        await manager.aclose()

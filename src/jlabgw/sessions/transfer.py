@@ -84,6 +84,8 @@ class Transfers:
                 source, remote_path, overwrite
             )
         target = self._kernel_side(session, remote_path, "remote_path")
+        if overwrite and target.suffix == ".ipynb":  # the kernel's side may hold notebooks
+            self._sessions.refuse_if_held(target)
         return await _copy(source, target, self._cap, overwrite, progress)
 
     async def download(
@@ -136,7 +138,8 @@ class Transfers:
         workdir = Path(cwd).resolve()
         candidate = Path(user_path).expanduser()
         resolved = (candidate if candidate.is_absolute() else workdir / candidate).resolve()
-        roots = [workdir, Path.home().resolve()]
+        # "/" is no confinement (a server started from / by its MCP client): left out
+        roots = [r for r in (workdir, Path.home().resolve()) if r != Path(r.anchor)]
         if self._extra_root is not None:
             roots.append(self._extra_root)
         if not any(resolved.is_relative_to(root) and resolved != root for root in roots):
