@@ -4,6 +4,7 @@ client helpers in mcp_client.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -158,3 +159,17 @@ def gateway_base(info: Any) -> tuple[str, ssl.SSLContext | bool]:
     if cert:
         return f"https://127.0.0.1:{port}", ssl.create_default_context(cadata=cert)
     return f"http://127.0.0.1:{port}", True
+
+
+async def gateway_kernel_ids(conn_file: Path) -> set[str]:
+    """Kernel ids a job's gateway lists, through its published connection file (pinned TLS)."""
+    import httpx
+
+    info = json.loads(conn_file.read_text())
+    base, verify = gateway_base(info)
+    async with httpx.AsyncClient(verify=verify) as http:
+        reply = await http.get(
+            f"{base}/api/kernels", headers={"Authorization": f"token {info['token']}"}, timeout=10
+        )
+    reply.raise_for_status()
+    return {k["id"] for k in reply.json()}

@@ -6,34 +6,21 @@ full set of rules runs on SLURM (test_notebook_tools_slurm_files.py)."""
 
 from __future__ import annotations
 
-import json
 import pwd
 import shutil
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.gridengine import GridEngineCluster, ge_env
-from tests.helpers import gateway_base
+from tests.helpers import gateway_kernel_ids
 from tests.mcp_client import call, new_session, serve, status, text_of
 from tests.sshd import SSHDServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 PAYLOAD = bytes(range(256)) * 700
-
-
-async def gateway_kernels(conn_file: Path) -> set[str]:
-    info = json.loads(conn_file.read_text())
-    base, verify = gateway_base(info)
-    async with httpx.AsyncClient(verify=verify) as http:
-        reply = await http.get(
-            f"{base}/api/kernels", headers={"Authorization": f"token {info['token']}"}, timeout=10
-        )
-    reply.raise_for_status()
-    return {k["id"] for k in reply.json()}
 
 
 async def test_files_and_resources_on_a_grid_engine_job(
@@ -54,7 +41,7 @@ async def test_files_and_resources_on_a_grid_engine_job(
                 job = (await status(client))["job"]
                 home = Path(pwd.getpwnam(ge_login.user).pw_dir)
                 conn_file = home / ".jlabgw" / "connections" / f"jlabgw-{job['id']}.json"
-                kernels = await gateway_kernels(conn_file)
+                kernels = await gateway_kernel_ids(conn_file)
                 assert len(kernels) == 1
 
                 probe = await call(client, "check_resources", session_id=sid)
@@ -64,7 +51,7 @@ async def test_files_and_resources_on_a_grid_engine_job(
                 assert info["asked"].endswith("over SSH, no kernel"), info["asked"]
                 assert info["job"]["id"] == job["id"]
                 assert info["disk"]["path"] == str(workdir)
-                assert await gateway_kernels(conn_file) == kernels
+                assert await gateway_kernel_ids(conn_file) == kernels
 
                 notebooks.mkdir(exist_ok=True)
                 (notebooks / "in.bin").write_bytes(PAYLOAD)

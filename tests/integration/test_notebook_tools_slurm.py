@@ -7,32 +7,17 @@ The transfers themselves: test_notebook_tools_slurm_files.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import anyio
-import httpx
 import pytest
 
-from tests.helpers import gateway_base
+from tests.helpers import gateway_kernel_ids
 from tests.mcp_client import call, new_session, serve, status, text_of
 from tests.slurm import SlurmCluster, slurm_env
 from tests.sshd import SSHDServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
-
-
-async def job_kernels(tmp_path: Path, job_id: str) -> set[str]:
-    """Kernel ids the job's gateway lists, through its published connection file."""
-    conn = tmp_path / "home" / ".jlabgw" / "connections" / f"jlabgw-{job_id}.json"
-    info = json.loads(conn.read_text())
-    base, verify = gateway_base(info)
-    async with httpx.AsyncClient(verify=verify) as http:
-        reply = await http.get(
-            f"{base}/api/kernels", headers={"Authorization": f"token {info['token']}"}, timeout=10
-        )
-    reply.raise_for_status()
-    return {k["id"] for k in reply.json()}
 
 
 async def test_notebook_tools_on_a_slurm_job(
@@ -54,7 +39,8 @@ async def test_notebook_tools_on_a_slurm_job(
             )
             node_host = text_of(where).strip().strip("'")
             job = (await status(client))["job"]
-            before = await job_kernels(tmp_path, job["id"])
+            conn_file = tmp_path / "home" / ".jlabgw" / "connections" / f"jlabgw-{job['id']}.json"
+            before = await gateway_kernel_ids(conn_file)
             assert before == {(await status(client))["sessions"][0]["kernel_id"]}
 
             result = await call(client, "check_resources", session_id=sid)
@@ -63,7 +49,7 @@ async def test_notebook_tools_on_a_slurm_job(
             assert info["backend"] == "slurm"
             assert info["asked"].startswith("the job's node ("), info["asked"]
             assert info["asked"].endswith("over SSH, no kernel"), info["asked"]
-            assert await job_kernels(tmp_path, job["id"]) == before  # none started for it
+            assert await gateway_kernel_ids(conn_file) == before  # none started for it
             assert info["host"] == node_host
             assert info["job"]["id"] == job["id"]
             assert info["job"]["state"] == "RUNNING"
@@ -73,10 +59,10 @@ async def test_notebook_tools_on_a_slurm_job(
             assert info["memory"]["total_gib"] > 0
             assert info["disk"]["free_gib"] > 0
             for _ in range(100):  # the probe's kernel is shut down after it answered
-                if await job_kernels(tmp_path, job["id"]) <= before:
+                if await gateway_kernel_ids(conn_file) <= before:
                     break
                 await anyio.sleep(0.1)
-            assert await job_kernels(tmp_path, job["id"]) <= before
+            assert await gateway_kernel_ids(conn_file) <= before
 
             scratch = await call(
                 client, "execute_scratch", code="import socket\nsocket.gethostname()"

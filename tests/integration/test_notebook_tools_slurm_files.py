@@ -8,17 +8,15 @@ side; check_resources answers from the node over SSH without starting a kernel."
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pwd
 import shutil
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.helpers import gateway_base
+from tests.helpers import gateway_kernel_ids
 from tests.mcp_client import call, new_session, serve, status, text_of
 from tests.slurm import JOB_VENV, SlurmCluster, login_env
 from tests.sshd import SSHDServer
@@ -27,18 +25,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 CAP = 1_000_000
 PAYLOAD = bytes(range(256)) * 1500  # 384,000 bytes, every byte value
-
-
-async def gateway_kernels(conn_file: Path) -> set[str]:
-    """Kernel ids the job's gateway lists, through its published connection file."""
-    info = json.loads(conn_file.read_text())
-    base, verify = gateway_base(info)
-    async with httpx.AsyncClient(verify=verify) as http:
-        reply = await http.get(
-            f"{base}/api/kernels", headers={"Authorization": f"token {info['token']}"}, timeout=10
-        )
-    reply.raise_for_status()
-    return {k["id"] for k in reply.json()}
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -85,7 +71,7 @@ async def test_files_and_resources_on_the_node_of_a_slurm_job(
                 )
                 job = (await status(client))["job"]
                 conn_file = workdir / ".jlabgw" / "connections" / f"jlabgw-{job['id']}.json"
-                kernels = await gateway_kernels(conn_file)
+                kernels = await gateway_kernel_ids(conn_file)
                 assert len(kernels) == 1
 
                 # -- check_resources: asked on the node over SSH, no kernel started -------
@@ -105,7 +91,7 @@ async def test_files_and_resources_on_the_node_of_a_slurm_job(
                 default = await call(client, "check_resources")
                 assert not default.is_error, text_of(default)
                 assert "no kernel" in default.structured_content["asked"]
-                assert await gateway_kernels(conn_file) == kernels  # none came, none went
+                assert await gateway_kernel_ids(conn_file) == kernels  # none came, none went
 
                 # -- upload: where the kernel's open() finds it, every byte ----------------
                 (notebooks / "data").mkdir(parents=True)
@@ -281,7 +267,7 @@ async def test_files_and_resources_on_the_node_of_a_slurm_job(
                 assert leftovers(notebooks) == []
                 assert leftovers(notebooks / "data") == []
                 assert leftovers(notebooks / "results") == []
-                assert await gateway_kernels(conn_file) == kernels
+                assert await gateway_kernel_ids(conn_file) == kernels
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         if workdir is not None and (workdir / sub).exists():
