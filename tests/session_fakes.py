@@ -228,10 +228,13 @@ class FakeConnection:
         self.execution_count = reply["content"]["execution_count"]
         return reply
 
-    async def reset(self, error: Exception) -> None:
+    def abandon(self, error: Exception) -> None:
         for waiter in list(self._pending):
             if not waiter.done():
                 waiter.set_exception(error)
+
+    async def reset(self, error: Exception) -> None:
+        self.abandon(error)
         self.execution_count = 0
 
     async def settle(self) -> None:

@@ -178,6 +178,11 @@ class KernelConnection:
                 await self._reader
         self._pending.fail_all(ConnectionLostError("the kernel connection was closed"))
 
+    def abandon(self, error: Exception) -> None:
+        """Fail the requests in flight now with ``error``: a restart was asked for, so what
+        the dying kernel may still send for them (an aborted reply, say) does not count."""
+        self._pending.fail_all(error)
+
     async def reset(self, error: Exception) -> None:
         """Start over on a fresh WebSocket after the kernel was restarted.
 

@@ -34,17 +34,19 @@ async def restart(starter: KernelStarter, runner: Runner, session: Session) -> s
         with contextlib.suppress(JlabgwError, TimeoutError):
             async with asyncio.timeout(_SETTLE_TIMEOUT):
                 await session.conn.settle()
+    died = KernelDiedError(
+        f"the kernel of session {session.id} was restarted (restart_kernel) while this "
+        "cell ran; its variables are gone and the cell did not finish"
+    )
+    # The running cell's fate is the restart's: a reply the dying kernel still sends for it
+    # (an abort, racing the restart on a loaded machine) must not pass for its end
+    session.conn.abandon(died)
     try:
         await starter.restart(session.kernel_id, session.lane)
     except GatewayError as exc:  # the gateway may be gone: ask the backend
         await runner.raise_if_lost(session, exc)
         raise
-    await session.conn.reset(
-        KernelDiedError(
-            f"the kernel of session {session.id} was restarted (restart_kernel) while this "
-            "cell ran; its variables are gone and the cell did not finish"
-        )
-    )
+    await session.conn.reset(died)
     session.displays = DisplayIndex()
     return (
         f"kernel of session {session.id} restarted: all variables are gone, the notebook "
